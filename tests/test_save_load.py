@@ -1,0 +1,121 @@
+"""`save_pretrained` writes a Hub-style folder that diffusers loads back as remote code, in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CASES, case_call_kwargs, case_latents
+
+
+CASE = CASES[0]
+LOADER = """
+import sys
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+folder, mode, out = sys.argv[1:4]
+kwargs = {"trust_remote_code": True}
+if mode == "custom_pipeline":
+    kwargs["custom_pipeline"] = folder + "/pipeline_face_anon.py"
+pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
+assert type(pipe).__name__ == "FaceAnonPipeline", type(pipe)
+assert type(pipe).__module__.startswith("diffusers_modules."), type(pipe).__module__
+assert type(pipe.referencenet).__name__ == "ReferenceNetModel", type(pipe.referencenet)
+pipe.set_progress_bar_config(disable=True)
+images = [__import__("PIL.Image").Image.open(path).convert("RGB") for path in sys.argv[5:]]
+latents = torch.from_numpy(np.load(sys.argv[4]))
+generator = torch.Generator().manual_seed(0)
+result = pipe(images if len(images) > 1 else images[0], **KWARGS, latents=latents, generator=generator).images
+np.save(out, result)
+"""
+
+
+def run_fresh_process(folder: Path, mode: str, tmp_path: Path, case: dict) -> np.ndarray:
+    kwargs = case_call_kwargs(case)
+    image = kwargs.pop("image")
+    kwargs.pop("source_image", None)
+    assert case["case_spec"]["anonymization_degree"] > 0, "the loader script passes no source image"
+    np.save(tmp_path / "latents.npy", case_latents(case).numpy())
+    paths = []
+    for index, face in enumerate(image if isinstance(image, list) else [image]):
+        paths.append(str(tmp_path / f"face{index}.png"))
+        face.save(paths[-1])
+    out = tmp_path / f"{mode}.npy"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    script = LOADER.replace("KWARGS", repr(kwargs))
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(folder), mode, str(out), str(tmp_path / "latents.npy"), *paths],
+        cwd=tmp_path,  # not the repository: the code must come from the saved folder
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return np.load(out)
+
+
+def test_saved_folder_layout(tiny_model_dir):
+    index = json.loads((tiny_model_dir / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_face_anon", "FaceAnonPipeline"]
+    assert index["referencenet"] == ["modeling_referencenet", "ReferenceNetModel"]
+    assert index["conditioning_referencenet"] == ["modeling_referencenet", "ReferenceNetModel"]
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["image_encoder"] == ["transformers", "CLIPVisionModel"]
+    for path in ("pipeline_face_anon.py", "modeling_referencenet.py", "referencenet/modeling_referencenet.py",
+                 "conditioning_referencenet/modeling_referencenet.py"):
+        assert (tiny_model_dir / path).is_file(), path
+    root = Path(__file__).parents[1]
+    assert (tiny_model_dir / "pipeline_face_anon.py").read_text() == (root / "pipeline_face_anon.py").read_text()
+    weights = sorted(p.relative_to(tiny_model_dir).as_posix() for p in tiny_model_dir.rglob("*") if p.suffix in (".bin", ".safetensors"))
+    assert weights and all(w.endswith(".safetensors") for w in weights)
+
+
+@pytest.mark.parametrize("mode", ["trust_remote_code", "custom_pipeline"])
+def test_saved_folder_loads_in_a_fresh_process_with_identical_outputs(tiny_pipeline, tiny_model_dir, tmp_path, mode):
+    generator = torch.Generator().manual_seed(0)
+    expected = tiny_pipeline(**case_call_kwargs(CASE), latents=case_latents(CASE), generator=generator).images
+    np.testing.assert_array_equal(run_fresh_process(tiny_model_dir, mode, tmp_path, CASE), expected)
+
+
+def test_save_load_save_round_trip(tiny_model_dir, tmp_path):
+    """A pipeline loaded as remote code saves a folder that loads again (the Hub round trip of push_to_hub)."""
+    script = (
+        "import sys\nfrom diffusers import DiffusionPipeline\n"
+        "DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True).save_pretrained(sys.argv[2])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    again = tmp_path / "again"
+    completed = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir), str(again)], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert json.loads((again / "model_index.json").read_text()) == json.loads((tiny_model_dir / "model_index.json").read_text())
+    assert (again / "referencenet" / "modeling_referencenet.py").read_text() == (tiny_model_dir / "modeling_referencenet.py").read_text()
+
+
+def test_installed_modules_import_without_the_repository(tmp_path):
+    """`pip install .` makes the Hub files importable as top-level modules (notebooks, the CLI)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "from pipeline_face_anon import FaceAnonPipeline; import modeling_referencenet; print(FaceAnonPipeline.__module__)"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "pipeline_face_anon"
+
+
+def test_repository_model_index_is_what_save_pretrained_writes(tiny_model_dir):
+    """The root `model_index.json` (the published repository's) names the components the pipeline saves."""
+    root = json.loads((Path(__file__).parents[1] / "model_index.json").read_text())
+    saved = json.loads((tiny_model_dir / "model_index.json").read_text())
+    assert set(root) == set(saved)
+    for key in set(root) - {"_diffusers_version", "scheduler"}:  # the tests run DDIM; the model ships DDPM
+        assert root[key] == saved[key], key
+    assert root["scheduler"] == ["diffusers", "DDPMScheduler"]
