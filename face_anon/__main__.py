@@ -1,0 +1,7 @@
+"""``python -m face_anon``: the same as the ``face-anon`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

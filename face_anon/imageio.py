@@ -1,0 +1,335 @@
+"""Reading and writing photos: orientation, pixel modes, metadata and atomic writes.
+
+Everything the model and detector see is an upright 8-bit RGB array. The file written back keeps the
+source's pixel mode where that is possible (grey stays grey, alpha stays, 16-bit grey stays 16-bit)
+and every pixel the anonymization did not change keeps its exact source value.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+# Pillow's format names for the extensions we write, and the extensions a folder scan picks up.
+FORMATS_BY_EXTENSION = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+}
+IMAGE_EXTENSIONS = frozenset(FORMATS_BY_EXTENSION)
+DEFAULT_MAX_PIXELS = 100_000_000
+EXIF_ORIENTATION = 0x0112
+
+
+class ImageLoadError(ValueError):
+    """A file that cannot be read as a photo; the message says why in words a user can act on."""
+
+
+@dataclass
+class Metadata:
+    """What ``--keep-metadata`` carries over. ICC colour profiles are kept always (they hold no identity)."""
+
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    comment: bytes | None = None
+    icc_profile: bytes | None = None
+
+
+@dataclass
+class LoadedImage:
+    """An upright photo: the 8-bit RGB array to work on, and the source pixels to write back.
+
+    ``source`` is the orientation-corrected image in one of the modes we write back
+    (``RGB``, ``RGBA``, ``L``, ``LA``, ``I;16``); ``rgb`` is its 8-bit RGB view.
+    """
+
+    rgb: np.ndarray
+    source: PIL.Image.Image
+    format: str | None
+    metadata: Metadata
+    orientation: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.source.size
+
+
+def _native(image: PIL.Image.Image, notes: list[str]) -> PIL.Image.Image:
+    """Convert any Pillow mode to the closest mode we can write back exactly."""
+    mode = image.mode
+    if mode in ("RGB", "RGBA", "L", "LA", "I;16"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        notes.append("palette image written as " + ("RGBA" if has_alpha else "RGB"))
+        return image.convert("RGBA" if has_alpha else "RGB")
+    if mode in ("I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:
+            raise ImageLoadError(f"32-bit integer pixels outside 0..65535 (mode {mode}) are not supported")
+        return PIL.Image.fromarray(values.astype(np.uint16), mode="I;16")
+    if mode == "CMYK":
+        notes.append("CMYK image converted to RGB")
+        return image.convert("RGB")
+    if mode in ("YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        return image.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
+    raise ImageLoadError(f"pixel mode {mode!r} is not supported (expected RGB, grey, palette, CMYK or 16-bit grey)")
+
+
+def rgb_array(image: PIL.Image.Image) -> np.ndarray:
+    """The 8-bit RGB array of an image in any mode (16-bit grey is scaled, not clipped)."""
+    native = _native(image, [])
+    if native.mode == "I;16":
+        grey = (np.asarray(native).astype(np.uint32) * 255 + 32767) // 65535
+        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
+    return np.asarray(native.convert("RGB"))
+
+
+def _metadata(image: PIL.Image.Image) -> Metadata:
+    info = image.info
+    exif = image.getexif()
+    exif_bytes = None
+    if len(exif):
+        exif.pop(EXIF_ORIENTATION, None)  # the pixels are written upright
+        exif_bytes = exif.tobytes()  # IFD0 with its Exif/GPS sub-IFDs; never the IFD1 thumbnail
+    xmp = info.get("xmp") or info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    comment = info.get("comment")
+    if isinstance(comment, str):
+        comment = comment.encode("utf-8")
+    return Metadata(exif=exif_bytes, xmp=xmp, comment=comment, icc_profile=info.get("icc_profile"))
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read a photo, apply its EXIF orientation and prepare the arrays to work on.
+
+    Raises :class:`ImageLoadError` for anything that is not a single, complete, supported image, or
+    has more than ``max_pixels`` pixels (checked from the header, before decoding).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(path)
+    except PIL.Image.DecompressionBombError as error:
+        raise ImageLoadError(f"image is too large to decode safely ({error})") from error
+    except PIL.UnidentifiedImageError as error:
+        raise ImageLoadError("not an image file Pillow can read") from error
+    except OSError as error:
+        raise ImageLoadError(f"cannot open: {error}") from error
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageLoadError(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+                "(max_pixels / --max-pixels)"
+            )
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1 and image.format != "MPO":
+            # Other frames would hold faces we never look at: refuse rather than write them unchanged.
+            raise ImageLoadError(f"multi-frame images are not supported ({frames} frames, {image.format})")
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageLoadError(f"file is truncated or corrupt ({error})") from error
+        fmt = "JPEG" if image.format == "MPO" else image.format
+        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        metadata = _metadata(image)
+        try:
+            upright = PIL.ImageOps.exif_transpose(image)
+        except Exception as error:  # a damaged EXIF block must not stop the photo from being processed
+            upright, orientation = image.copy(), 1
+            notes_extra = [f"EXIF orientation unreadable, used as stored ({error})"]
+        else:
+            notes_extra = []
+    notes: list[str] = list(notes_extra)
+    source = _native(upright, notes)
+    source.info = {}
+    return LoadedImage(
+        rgb=rgb_array(source),
+        source=source,
+        format=fmt,
+        metadata=metadata,
+        orientation=orientation,
+        notes=notes,
+    )
+
+
+def merge_into_source(loaded: LoadedImage, result_rgb: np.ndarray) -> PIL.Image.Image:
+    """The result in the source's pixel mode: unchanged pixels keep their exact source values."""
+    changed = np.any(result_rgb != loaded.rgb, axis=2)
+    source = loaded.source
+    mode = source.mode
+    if not changed.any():
+        return source.copy()
+    out = np.array(source)
+    if mode in ("RGB", "RGBA"):
+        out[..., :3][changed] = result_rgb[changed]
+    elif mode in ("L", "LA", "I;16"):
+        grey = np.asarray(PIL.Image.fromarray(result_rgb).convert("L"))
+        if mode == "I;16":
+            out[changed] = grey[changed].astype(np.uint16) * 257
+        elif mode == "LA":
+            out[..., 0][changed] = grey[changed]
+        else:
+            out[changed] = grey[changed]
+    else:  # pragma: no cover - _native never produces another mode
+        raise ValueError(f"unexpected source mode {mode!r}")
+    return PIL.Image.fromarray(out, mode=mode)
+
+
+def format_for(path: str | os.PathLike) -> str:
+    """The Pillow format to write ``path`` with, from its extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS_BY_EXTENSION:
+        allowed = ", ".join(sorted(FORMATS_BY_EXTENSION))
+        raise ValueError(f"output: extension {suffix or '(none)'!r} of {str(path)!r} is not one of {allowed}")
+    return FORMATS_BY_EXTENSION[suffix]
+
+
+def _fit_mode(image: PIL.Image.Image, fmt: str) -> PIL.Image.Image:
+    """Modes the target format can hold (JPEG has no alpha and no 16 bits, for example)."""
+    mode = image.mode
+    if fmt == "JPEG":
+        return image if mode in ("RGB", "L") else image.convert("L" if mode in ("LA", "I;16") else "RGB")
+    if fmt in ("BMP",):
+        return image if mode in ("RGB", "L") else image.convert("RGB")
+    if fmt == "GIF":
+        return image.convert("RGB") if mode not in ("L", "P") else image
+    if fmt == "WEBP":
+        return image if mode in ("RGB", "RGBA") else image.convert("RGBA" if mode == "LA" else "RGB")
+    return image
+
+
+def encode_image(image: PIL.Image.Image, fmt: str, metadata: Metadata | None = None) -> bytes:
+    """Encode a freshly built image; only the metadata passed in is written (none when ``None``)."""
+    image = _fit_mode(image, fmt)
+    options: dict = {}
+    if fmt == "JPEG":
+        options.update(quality=95)
+    elif fmt == "WEBP":
+        options.update(quality=95)
+    if metadata is not None:
+        if metadata.icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+            options["icc_profile"] = metadata.icc_profile
+        if metadata.exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+            options["exif"] = metadata.exif
+        if metadata.xmp and fmt in ("JPEG", "WEBP", "PNG", "TIFF"):
+            options["xmp"] = metadata.xmp
+        if metadata.comment and fmt in ("JPEG", "GIF"):
+            options["comment"] = metadata.comment
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader (or a resumed run) sees either no file or the whole file, never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, so folder scans skip it; created with "x" so the usual umask-based permissions apply.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    try:
+        with open(temporary, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Lossless JPEG copy without metadata (photos where no face was found are "copied through").
+
+_JFIF_APP0 = (b"JFIF\x00", b"JFXX\x00")
+_ICC_APP2 = b"ICC_PROFILE\x00"
+_ADOBE_APP14 = b"Adobe"
+_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}  # TEM, SOI, RST0-7: markers without a length
+
+
+def strip_jpeg(data: bytes, *, keep_metadata: bool = False) -> bytes:
+    """Copy a JPEG's compressed image without re-encoding it, dropping what is not the image.
+
+    Always dropped: MPF (the multi-picture index of phone photos) and everything after the first EOI
+    (further pictures, depth maps, motion-photo videos). Dropped unless ``keep_metadata``: APP1
+    (EXIF, XMP), APP3..APP13, APP15 (e.g. Photoshop IPTC) and COM segments. Kept: JFIF APP0, the ICC
+    profile (APP2) and Adobe APP14, which change how the pixels decode.
+    Raises ValueError for a stream that is not a well-formed JPEG.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG stream (no SOI marker)")
+    out = bytearray(b"\xff\xd8")
+    pos = 2
+    size = len(data)
+    while pos < size:
+        if data[pos] != 0xFF:
+            raise ValueError(f"corrupt JPEG: expected a marker at byte {pos}")
+        while pos < size and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= size:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI
+            out += b"\xff\xd9"
+            return bytes(out)
+        if marker in _STANDALONE:
+            out += bytes((0xFF, marker))
+            continue
+        if pos + 2 > size:
+            raise ValueError("corrupt JPEG: truncated segment header")
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        segment = data[pos - 2 : pos + length]
+        payload = data[pos + 2 : pos + length]
+        if pos + length > size or length < 2:
+            raise ValueError("corrupt JPEG: truncated segment")
+        pos += length
+        if marker == 0xDA:  # SOS: header, then entropy-coded data up to the next real marker
+            start = pos
+            while True:
+                found = data.find(b"\xff", pos)
+                if found < 0 or found + 1 >= size:
+                    raise ValueError("corrupt JPEG: scan data runs to the end of the file (no EOI)")
+                following = data[found + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    pos = found + 1 if following == 0xFF else found + 2
+                    continue
+                pos = found
+                break
+            out += segment + data[start:pos]
+            continue
+        keep = True
+        if marker == 0xE0:
+            keep = payload.startswith(_JFIF_APP0) or keep_metadata
+        elif marker == 0xE2:
+            keep = payload.startswith(_ICC_APP2)  # MPF lives in APP2 too: never kept
+        elif marker == 0xEE:
+            keep = payload.startswith(_ADOBE_APP14) or keep_metadata
+        elif 0xE1 <= marker <= 0xEF or marker == 0xFE:
+            keep = keep_metadata
+        if keep:
+            out += segment
+    raise ValueError("corrupt JPEG: no EOI marker")
