@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave faces smaller than this alone (longer side of the box; default: 0, treat all)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.4, help="detector score threshold, 0..1 (default: 0.4)",
+        "--threshold", type=float, default=0.3, help="detector score threshold, 0..1 (default: 0.3)",
     )
     parser.add_argument("--detector", choices=DETECTOR_NAMES, default="centerface", help="face detector (default: centerface)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
