@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     reports: dict = {}
-    failed = False
+    stopped = None  # why the run ended early, if it did
     try:
         with tqdm(total=len(jobs), unit="photo", disable=args.quiet, file=sys.stderr) as progress:
             for report in process_files(
@@ -170,15 +170,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress.update(1)
     except _ModelLoadError as error:
         print(f"face-anon: {error}", file=sys.stderr)
-        failed = True
+        stopped = str(error)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        raise
     finally:
-        ordered = [reports[job.input] for job in jobs if job.input in reports]
+        # Every input gets an entry; ones the run did not reach say why (nothing was written for them).
+        ordered = [
+            reports.get(job.input) or FileReport(job.input, None, "error", f"not processed: {stopped or 'stopped'}")
+            for job in jobs
+        ]
         if args.json is not None:
             text = json.dumps([report.to_json() for report in ordered], indent=2)
             write_atomic(args.json, (text + "\n").encode("utf-8"))
         if not args.quiet or any(r.status == "error" for r in ordered):
             print(f"face-anon: {_summary(ordered)}", file=sys.stderr)
-    return 1 if failed or any(report.status == "error" for report in ordered) else 0
+    return 1 if any(report.status == "error" for report in ordered) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,6 @@ from .detection import Face, FaceDetector
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
-    ImageLoadError,
     LoadedImage,
     Metadata,
     encode_image,
@@ -137,7 +136,6 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) ->
                 f"{str(job.output)!r}; process them separately or rename one"
             )
         seen[target] = job.input
-        format_for(job.output)  # an output we cannot encode is an error before any work starts
     return jobs
 
 
@@ -223,8 +221,9 @@ def process_files(
 
     for job in jobs:
         try:
+            format_for(job.output)
             loaded = load_image(job.input, max_pixels=max_pixels)
-        except ImageLoadError as error:
+        except ValueError as error:  # ImageLoadError, or an output format we cannot write
             yield FileReport(job.input, None, "error", str(error))
             continue
         faces = detect_faces(loaded.rgb, detector, options)

@@ -84,7 +84,7 @@ def _native(image: PIL.Image.Image, notes: list[str]) -> PIL.Image.Image:
         values = np.asarray(image)
         if values.min() < 0 or values.max() > 65535:
             raise ImageLoadError(f"32-bit integer pixels outside 0..65535 (mode {mode}) are not supported")
-        return PIL.Image.fromarray(values.astype(np.uint16), mode="I;16")
+        return PIL.Image.fromarray(values.astype(np.uint16))  # uint16 -> "I;16"
     if mode == "CMYK":
         notes.append("CMYK image converted to RGB")
         return image.convert("RGB")
@@ -151,15 +151,18 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageLoadError(f"file is truncated or corrupt ({error})") from error
         fmt = "JPEG" if image.format == "MPO" else image.format
-        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
-        metadata = _metadata(image)
+        notes_extra = []
         try:
+            orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
             upright = PIL.ImageOps.exif_transpose(image)
         except Exception as error:  # a damaged EXIF block must not stop the photo from being processed
             upright, orientation = image.copy(), 1
-            notes_extra = [f"EXIF orientation unreadable, used as stored ({error})"]
-        else:
-            notes_extra = []
+            notes_extra.append(f"EXIF orientation unreadable, used as stored ({error})")
+        try:
+            metadata = _metadata(image)  # after the transpose: this edits the EXIF Pillow caches
+        except Exception as error:  # unreadable metadata is dropped, which is what stripping does anyway
+            metadata = Metadata(icc_profile=image.info.get("icc_profile"))
+            notes_extra.append(f"metadata unreadable, dropped ({error})")
     notes: list[str] = list(notes_extra)
     source = _native(upright, notes)
     source.info = {}
@@ -193,7 +196,9 @@ def merge_into_source(loaded: LoadedImage, result_rgb: np.ndarray) -> PIL.Image.
             out[changed] = grey[changed]
     else:  # pragma: no cover - _native never produces another mode
         raise ValueError(f"unexpected source mode {mode!r}")
-    return PIL.Image.fromarray(out, mode=mode)
+    merged = PIL.Image.fromarray(out)
+    assert merged.mode == mode, (merged.mode, mode)
+    return merged
 
 
 def format_for(path: str | os.PathLike) -> str:

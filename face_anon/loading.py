@@ -62,7 +62,7 @@ def load_pipeline(model: str | None = None, device: str = "auto", dtype: str = "
     else:
         from diffusers import DiffusionPipeline
 
-        pipeline = DiffusionPipeline.from_pretrained(model, trust_remote_code=True, torch_dtype=torch_dtype)
+        pipeline = DiffusionPipeline.from_pretrained(model, trust_remote_code=True, dtype=torch_dtype)
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)  # the command line shows one bar over photos instead
     return pipeline
