@@ -70,40 +70,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="OUTPUT",
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
         help="output folder, or an image file name when there is a single input file",
     )
     parser.add_argument(
-        "--model", metavar="REPO_OR_DIR", default=None,
+        "--model",
+        metavar="REPO_OR_DIR",
+        default=None,
         help="converted face-anon pipeline (Hub id or folder); default: assemble the authors' published weights",
     )
     parser.add_argument("--mode", choices=MODES, default="anonymize", help="what to do with faces (default: anonymize)")
     parser.add_argument("--degree", type=_non_negative_float, default=1.25, help="anonymization degree (default: 1.25)")
     parser.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default: 25)")
     parser.add_argument("--guidance", type=_non_negative_float, default=4.0, help="guidance scale (default: 4.0)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="face i of a photo uses seed + i (default: 0)")
+    parser.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="face i of a photo uses seed + i (default: 0)"
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=4, help="faces per model call (default: 4)")
     parser.add_argument(
-        "--size", type=_positive_int, default=None, metavar="PIXELS",
+        "--size",
+        type=_positive_int,
+        default=None,
+        metavar="PIXELS",
         help="side of the aligned face crops (default: the model's size, 512; 256 for blur/pixelate/black)",
     )
     parser.add_argument(
-        "--min-face-size", type=_non_negative_float, default=0.0, metavar="PIXELS",
+        "--min-face-size",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="PIXELS",
         help="leave faces smaller than this alone (longer side of the box; default: 0, treat all)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.3, help="detector score threshold, 0..1 (default: 0.3)",
+        "--threshold",
+        type=float,
+        default=0.3,
+        help="detector score threshold, 0..1 (default: 0.3)",
     )
-    parser.add_argument("--detector", choices=DETECTOR_NAMES, default="centerface", help="face detector (default: centerface)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (default: float16 on GPU, else float32)")
     parser.add_argument(
-        "--on-error", choices=ON_ERROR_CHOICES, default="fail",
+        "--detector", choices=DETECTOR_NAMES, default="centerface", help="face detector (default: centerface)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="model dtype (default: float16 on GPU, else float32)"
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="fail",
         help="a face that cannot be anonymized: fail = write nothing for that photo (default); redact = black it out",
     )
     parser.add_argument("--keep-metadata", action="store_true", help="keep EXIF (incl. GPS), XMP and comments")
     parser.add_argument(
-        "--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
         help=f"refuse images with more pixels than this (default: {DEFAULT_MAX_PIXELS})",
     )
     parser.add_argument("--json", metavar="REPORT", default=None, help="write a JSON report: one object per input")

@@ -102,18 +102,13 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) ->
             raise ValueError(f"INPUT: {str(path)!r} is neither a file nor a folder")
     output = Path(output)
     single_file = (
-        len(paths) == 1
-        and paths[0].is_file()
-        and output.suffix.lower() in IMAGE_EXTENSIONS
-        and not output.is_dir()
+        len(paths) == 1 and paths[0].is_file() and output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir()
     )
     if single_file:
         jobs = [FileJob(paths[0], output)]
     else:
         if output.exists() and not output.is_dir():
-            raise ValueError(
-                f"output: {str(output)!r} is a file; with several inputs or a folder it must be a folder"
-            )
+            raise ValueError(f"output: {str(output)!r} is a file; with several inputs or a folder it must be a folder")
         exclude = output.resolve()
         jobs = []
         for path in paths:
@@ -127,9 +122,7 @@ def plan_jobs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) ->
     for job in jobs:
         target = job.output.resolve()
         if target in inputs_resolved or (job.output.exists() and job.output.samefile(job.input)):
-            raise ValueError(
-                f"output: {str(job.output)!r} is also an input; face-anon never overwrites an input"
-            )
+            raise ValueError(f"output: {str(job.output)!r} is also an input; face-anon never overwrites an input")
         if target in seen:
             raise ValueError(
                 f"output: inputs {str(seen[target])!r} and {str(job.input)!r} would both be written to "
@@ -238,7 +231,9 @@ def process_files(
             try:
                 _copy_through(job, loaded, keep_metadata)
             except OSError as error:
-                yield FileReport(job.input, None, "error", f"cannot write output: {error}", outcomes, notes=loaded.notes)
+                yield FileReport(
+                    job.input, None, "error", f"cannot write output: {error}", outcomes, notes=loaded.notes
+                )
                 continue
             yield FileReport(job.input, job.output, status, None, outcomes, notes=loaded.notes)
             continue

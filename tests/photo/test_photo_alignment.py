@@ -5,10 +5,10 @@ import math
 import cv2
 import numpy as np
 import pytest
+from photo_helpers import ASTRONAUT_LANDMARKS, astronaut
 
 from face_anon.alignment import crop_face, ffhq_alignment, transform_points, warp
 from face_anon.photo import AnonymizeOptions, detect_faces
-from photo_helpers import ASTRONAUT_LANDMARKS, astronaut, detector  # noqa: F401
 
 
 def _alignment_error(alignment):
@@ -36,7 +36,9 @@ def test_recipe_geometry_on_a_hand_made_face():
     assert ffhq_alignment(landmarks * 2, 360).scale == pytest.approx(360 / 360)
 
 
-@pytest.mark.parametrize("angle, scale, shift", [(30.0, 1.0, (0, 0)), (-75.0, 0.4, (50, -20)), (180.0, 2.5, (-10, 300))])
+@pytest.mark.parametrize(
+    "angle, scale, shift", [(30.0, 1.0, (0, 0)), (-75.0, 0.4, (50, -20)), (180.0, 2.5, (-10, 300))]
+)
 def test_alignment_follows_the_face(angle, scale, shift):
     landmarks = ASTRONAUT_LANDMARKS
     moved = cv2.getRotationMatrix2D((220.0, 120.0), angle, scale)
@@ -57,7 +59,9 @@ def test_an_aligned_face_aligns_to_itself(detector):
     aligned = crop_face(astronaut(), ffhq_alignment(face.landmark_array, 512, eye_scale=detector.eye_scale))
     faces = detect_faces(aligned, detector, options)
     assert len(faces) == 1
-    scale, rotation, shift = _alignment_error(ffhq_alignment(faces[0].landmark_array, 512, eye_scale=detector.eye_scale))
+    scale, rotation, shift = _alignment_error(
+        ffhq_alignment(faces[0].landmark_array, 512, eye_scale=detector.eye_scale)
+    )
     assert abs(scale - 1) < 0.05 and abs(rotation) < 3 and shift < 8, (scale, rotation, shift)
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import PIL.Image
 import PIL.ImageCms
 import pytest
+from photo_helpers import Placement, background, compose
 from PIL import ExifTags
 
 from face_anon.cli import main
 from face_anon.files import plan_jobs
 from face_anon.imageio import load_image, strip_jpeg, write_atomic
-from photo_helpers import Placement, background, compose
 
 MAX_PIXELS = 300_000
 FACE = Placement((200, 150), 1.0)
@@ -64,14 +64,18 @@ def _make_cases(folder: Path) -> dict:
     cases["rgb48"] = folder / "rgb48.png"
     cv2.imwrite(str(cases["rgb48"]), rgb48[:, :, ::-1])
     cases["palette"] = _save(PIL.Image.fromarray(rgb).quantize(256), folder / "palette.png")
-    la = PIL.Image.merge("LA", [PIL.Image.fromarray(rgb).convert("L"), PIL.Image.linear_gradient("L").resize((400, 300))])
+    la = PIL.Image.merge(
+        "LA", [PIL.Image.fromarray(rgb).convert("L"), PIL.Image.linear_gradient("L").resize((400, 300))]
+    )
     cases["grey_alpha"] = _save(la, folder / "grey_alpha.png")
     rgba = PIL.Image.fromarray(rgb).convert("RGBA")
     rgba.putalpha(PIL.Image.linear_gradient("L").resize((400, 300)).rotate(90))
     cases["rgba"] = _save(rgba, folder / "rgba.png")
     cases["one_pixel"] = _save(PIL.Image.new("RGB", (1, 1), (10, 200, 30)), folder / "one_pixel.png")
     cases["too_large"] = _save(PIL.Image.fromarray(background(800, 400)), folder / "too_large.png")
-    cases["no_faces"] = _save(PIL.Image.fromarray(background(320, 240)), folder / "no_faces.jpg", quality=90, exif=_gps_exif())
+    cases["no_faces"] = _save(
+        PIL.Image.fromarray(background(320, 240)), folder / "no_faces.jpg", quality=90, exif=_gps_exif()
+    )
     cases["border"] = _save(PIL.Image.fromarray(compose(400, 300, [Placement((380, 150), 1.0)])), folder / "border.png")
     frames = [PIL.Image.fromarray(rgb), PIL.Image.fromarray(background(400, 300))]
     cases["animated"] = _save(frames[0], folder / "animated.gif", save_all=True, append_images=frames[1:])
@@ -91,7 +95,9 @@ def bad_input_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs") / "anon"
     cases = _make_cases(folder)
     report = tmp_path_factory.mktemp("report") / "report.json"
-    code = main([str(folder), "-o", str(out), "--mode", "black", "--max-pixels", str(MAX_PIXELS), "--json", str(report), "-q"])
+    code = main(
+        [str(folder), "-o", str(out), "--mode", "black", "--max-pixels", str(MAX_PIXELS), "--json", str(report), "-q"]
+    )
     entries = {Path(e["input"]).name: e for e in json.loads(report.read_text())}
     return code, cases, entries, folder, out
 
@@ -225,8 +231,15 @@ def test_exif_orientation_is_applied_before_detection(bad_input_run):
 def _photo_with_metadata(path):
     image = PIL.Image.fromarray(_face_rgb())
     icc = PIL.ImageCms.ImageCmsProfile(PIL.ImageCms.createProfile("sRGB")).tobytes()
-    image.save(path, "JPEG", quality=95, exif=_gps_exif(orientation=1), xmp=b"<x:xmpmeta>who: Jane</x:xmpmeta>",
-               comment=b"taken at home", icc_profile=icc)
+    image.save(
+        path,
+        "JPEG",
+        quality=95,
+        exif=_gps_exif(orientation=1),
+        xmp=b"<x:xmpmeta>who: Jane</x:xmpmeta>",
+        comment=b"taken at home",
+        icc_profile=icc,
+    )
     return icc
 
 
@@ -252,7 +265,9 @@ def test_lossless_jpeg_copy_drops_extra_pictures_and_metadata(tmp_path):
     icc = PIL.ImageCms.ImageCmsProfile(PIL.ImageCms.createProfile("sRGB")).tobytes()
     for progressive in (False, True):
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=80, progressive=progressive, exif=_gps_exif(), comment=b"note", icc_profile=icc)
+        image.save(
+            buffer, "JPEG", quality=80, progressive=progressive, exif=_gps_exif(), comment=b"note", icc_profile=icc
+        )
         data = buffer.getvalue() + b"\x00\x00ftypmp42 ...a motion-photo video with faces..."
         stripped = strip_jpeg(data)
         assert b"motion-photo" not in stripped and b"note" not in stripped and b"Exif" not in stripped
@@ -298,7 +313,6 @@ def test_plan_jobs_mirrors_folders_and_refuses_to_overwrite(tmp_path):
         plan_jobs([photos / "a.jpg", other / "a.jpg"], tmp_path / "out")
     with pytest.raises(ValueError, match=r"INPUT: '.*missing.jpg' does not exist"):
         plan_jobs([tmp_path / "missing.jpg"], tmp_path / "out")
-
 
 
 def test_an_input_format_we_cannot_write_is_reported(tmp_path):
@@ -352,3 +366,20 @@ def test_load_image_applies_orientation_and_collects_metadata(tmp_path):
     loaded = load_image(path)
     assert loaded.size == (10, 20) and loaded.rgb.shape == (20, 10, 3) and loaded.orientation == 6
     assert loaded.metadata.exif is not None and b"TestCam" in loaded.metadata.exif
+
+
+@pytest.mark.parametrize("with_face", [True, False])
+def test_multi_picture_jpegs_keep_only_the_first_picture(tmp_path, with_face):
+    """Phones store extra pictures (MPO): only the first is processed, and none of the others is written."""
+    first = PIL.Image.fromarray(_face_rgb() if with_face else background(400, 300))
+    second = PIL.Image.fromarray(compose(400, 300, [Placement((100, 100), 0.8)], seed=9))
+    source = tmp_path / "phone.jpg"
+    first.save(source, "MPO", save_all=True, append_images=[second], quality=90)
+    assert PIL.Image.open(source).n_frames == 2
+    report = tmp_path / "report.json"
+    assert main([str(source), "-o", str(tmp_path / "out"), "--mode", "black", "--json", str(report), "-q"]) == 0
+    (entry,) = json.loads(report.read_text())
+    assert entry["status"] == ("ok" if with_face else "no_faces")
+    written = PIL.Image.open(entry["output"])
+    assert written.format == "JPEG" and getattr(written, "n_frames", 1) == 1
+    assert (tmp_path / "out" / "phone.jpg").read_bytes().count(b"\xff\xd8") == 1  # one picture (one SOI)

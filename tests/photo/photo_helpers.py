@@ -68,9 +68,7 @@ def background(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A smooth colour gradient with mild noise: textured enough to see blending, with no faces."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [60 + 120 * x / max(width, 1), 90 + 80 * y / max(height, 1), 150 - 60 * x / max(width, 1)], axis=2
-    )
+    base = np.stack([60 + 120 * x / max(width, 1), 90 + 80 * y / max(height, 1), 150 - 60 * x / max(width, 1)], axis=2)
     noise = cv2.GaussianBlur(rng.normal(0, 12, (height, width, 3)).astype(np.float32), (0, 0), 2.0)
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
@@ -153,30 +151,3 @@ class FakePipeline:
             images = out
 
         return Output()
-
-
-# ------------------------------------------------------------------------------------------------
-# Fixtures shared by the whole-photo tests (import them into a test module to use them).
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def detector():
-    from face_anon.detection import CenterFaceDetector
-
-    return CenterFaceDetector()
-
-
-@pytest.fixture(scope="session")
-def scene() -> np.ndarray:
-    image = compose(*SCENE_SIZE, SCENE)
-    image.setflags(write=False)
-    return image
-
-
-@pytest.fixture(scope="session")
-def scene_faces(detector, scene):
-    from face_anon.photo import AnonymizeOptions, detect_faces
-
-    return detect_faces(scene, detector, AnonymizeOptions())

@@ -3,21 +3,11 @@
 import numpy as np
 import PIL.Image
 import pytest
+from photo_helpers import SCENE, FakePipeline, Placement, background, compose, match_faces
 
 from face_anon.alignment import crop_face, ffhq_alignment
 from face_anon.blending import face_mask, face_region, paste_face
 from face_anon.photo import AnonymizeOptions, anonymize_photo, anonymize_photos
-from photo_helpers import (  # noqa: F401
-    SCENE,
-    FakePipeline,
-    Placement,
-    background,
-    compose,
-    detector,
-    match_faces,
-    scene,
-    scene_faces,
-)
 
 CROP = 64  # small crops keep the fake and tiny models fast; the mechanics do not depend on size
 
@@ -103,7 +93,9 @@ def test_paste_changes_only_pixels_under_the_mask():
 
 
 def test_every_face_replaced_and_nothing_else(detector, scene, scene_faces):
-    result = anonymize_photo(scene, detector=detector, pipeline=FakePipeline(), options=AnonymizeOptions(crop_size=CROP))
+    result = anonymize_photo(
+        scene, detector=detector, pipeline=FakePipeline(), options=AnonymizeOptions(crop_size=CROP)
+    )
     assert result.status == "ok" and result.error is None
     assert [o.action for o in result.outcomes] == ["anonymized"] * len(SCENE)
     assert [o.face for o in result.outcomes] == scene_faces
@@ -120,11 +112,17 @@ def test_seeded_and_independent_of_batch_size(detector, scene, scene_faces):
     for batch_size in (1, 3, 8):
         pipe = FakePipeline()
         options = AnonymizeOptions(crop_size=CROP, batch_size=batch_size, seed=7)
-        outputs[batch_size] = np.asarray(anonymize_photos([scene], detector=detector, pipeline=pipe, options=options, faces=[scene_faces])[0].image)
+        outputs[batch_size] = np.asarray(
+            anonymize_photos([scene], detector=detector, pipeline=pipe, options=options, faces=[scene_faces])[0].image
+        )
         assert max(pipe.calls) <= batch_size and sum(pipe.calls) == len(SCENE)
     assert np.array_equal(outputs[1], outputs[3]) and np.array_equal(outputs[1], outputs[8])
     other_seed = anonymize_photos(
-        [scene], detector=detector, pipeline=FakePipeline(), options=AnonymizeOptions(crop_size=CROP, seed=8), faces=[scene_faces]
+        [scene],
+        detector=detector,
+        pipeline=FakePipeline(),
+        options=AnonymizeOptions(crop_size=CROP, seed=8),
+        faces=[scene_faces],
     )[0]
     assert not np.array_equal(outputs[1], np.asarray(other_seed.image))
 
@@ -150,7 +148,9 @@ def test_overlapping_faces_are_done_in_layers(detector):
             crops_seen.append([c.copy() for c in crops])
             return [np.full_like(c, 255) for c in crops]
 
-    result = anonymize_photos([image], detector=detector, options=AnonymizeOptions(batch_size=8), replacer=Recorder())[0]
+    result = anonymize_photos([image], detector=detector, options=AnonymizeOptions(batch_size=8), replacer=Recorder())[
+        0
+    ]
     assert len(result.faces) == 2
     assert [len(batch) for batch in crops_seen] == [1, 1]  # two layers although the batch had room
     # The second (smaller) face was cropped after the first was pasted: where the masks overlap its
@@ -177,8 +177,11 @@ def test_a_face_that_fails_makes_the_photo_fail(detector, scene, scene_faces):
     assert [o.face for o in failed] == [target] and failed[0].action is None
 
     redacted = anonymize_photos(
-        [scene], detector=detector, pipeline=FakePipeline(fail_when=bad_crop),
-        options=AnonymizeOptions(crop_size=CROP, batch_size=4, on_error="redact"), faces=[scene_faces],
+        [scene],
+        detector=detector,
+        pipeline=FakePipeline(fail_when=bad_crop),
+        options=AnonymizeOptions(crop_size=CROP, batch_size=4, on_error="redact"),
+        faces=[scene_faces],
     )[0]
     assert redacted.status == "ok"
     assert [o.action for o in redacted.outcomes].count("blacked_out_on_error") == 1
@@ -196,7 +199,11 @@ def _crop_mean(scene, face, detector):
 
 def test_a_blank_model_output_fails_closed(detector, scene, scene_faces):
     result = anonymize_photos(
-        [scene], detector=detector, pipeline=FakePipeline(blank=True), options=AnonymizeOptions(crop_size=CROP), faces=[scene_faces]
+        [scene],
+        detector=detector,
+        pipeline=FakePipeline(blank=True),
+        options=AnonymizeOptions(crop_size=CROP),
+        faces=[scene_faces],
     )[0]
     assert result.status == "error" and result.image is None and "blank image" in result.error
 
@@ -205,7 +212,9 @@ def test_a_blank_model_output_fails_closed(detector, scene, scene_faces):
 def test_redaction_modes_need_no_model(detector, scene, scene_faces, mode):
     result = anonymize_photos([scene], detector=detector, options=AnonymizeOptions(mode=mode), faces=[scene_faces])[0]
     assert result.status == "ok"
-    assert {o.action for o in result.outcomes} == {{"blur": "blurred", "pixelate": "pixelated", "black": "blacked_out"}[mode]}
+    assert {o.action for o in result.outcomes} == {
+        {"blur": "blurred", "pixelate": "pixelated", "black": "blacked_out"}[mode]
+    }
     out = np.asarray(result.image)
     union = _union(_regions(scene_faces, detector, scene.shape, size=256), scene.shape)
     assert not (_changed(scene, out) & ~union).any()
@@ -271,7 +280,13 @@ def test_anonymize_mode_needs_a_pipeline(detector, scene):
 def test_tiny_model_end_to_end(tiny_pipeline, detector, scene, scene_faces):
     options = dict(crop_size=32, steps=2, seed=3)
     runs = [
-        anonymize_photos([scene], detector=detector, pipeline=tiny_pipeline, options=AnonymizeOptions(batch_size=b, **options), faces=[scene_faces])[0]
+        anonymize_photos(
+            [scene],
+            detector=detector,
+            pipeline=tiny_pipeline,
+            options=AnonymizeOptions(batch_size=b, **options),
+            faces=[scene_faces],
+        )[0]
         for b in (1, 4, 4)
     ]
     assert all(r.status == "ok" for r in runs)

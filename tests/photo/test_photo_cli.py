@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose
 
 from face_anon.alignment import ffhq_alignment
 from face_anon.blending import face_mask, face_region
 from face_anon.cli import main
 from face_anon.detection import CenterFaceDetector
-from photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {"input", "output", "status", "error", "faces", "skipped", "notes"}
 FACE_KEYS = {"box", "score", "landmarks", "action", "error"}
 
@@ -25,7 +25,11 @@ def _run_cli(*args, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, "-m", "face_anon", *map(str, args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -56,7 +60,9 @@ def test_tiny_model_end_to_end(tiny_model_dir, photo_folder, tmp_path):
     assert first.returncode == 0, first.stderr
     report = json.loads((tmp_path / "a.json").read_text())
     assert [Path(e["input"]).relative_to(photo_folder).as_posix() for e in report] == [
-        "group.png", "more/empty.png", "more/single.png"
+        "group.png",
+        "more/empty.png",
+        "more/single.png",
     ]
     assert [e["status"] for e in report] == ["ok", "no_faces", "ok"]
     assert [len(e["faces"]) for e in report] == [len(SCENE), 0, 1]
@@ -109,15 +115,28 @@ def test_blur_mode_in_process(photo_folder, tmp_path, capsys):
 
 def test_a_model_that_cannot_load_fails_closed(photo_folder, tmp_path, capsys):
     report_path = tmp_path / "report.json"
-    code = main([
-        str(photo_folder / "more"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "no-such-model"),
-        "--device", "cpu", "--json", str(report_path), "-q",
-    ])
+    code = main(
+        [
+            str(photo_folder / "more"),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "no-such-model"),
+            "--device",
+            "cpu",
+            "--json",
+            str(report_path),
+            "-q",
+        ]
+    )
     assert code == 1
     assert "cannot load the model (--model " in capsys.readouterr().err
     report = {Path(e["input"]).name: e for e in json.loads(report_path.read_text())}
     assert report["empty.png"]["status"] == "no_faces"  # needs no model: written
-    assert report["single.png"]["status"] == "error" and "not processed: cannot load the model" in report["single.png"]["error"]
+    assert (
+        report["single.png"]["status"] == "error"
+        and "not processed: cannot load the model" in report["single.png"]["error"]
+    )
     assert not (tmp_path / "out" / "single.png").exists()  # never the face left as it was
 
 
@@ -154,6 +173,19 @@ def test_inputs_are_never_overwritten(photo_folder, capsys):
 def test_module_entry_point_prints_usage():
     result = _run_cli("--help", timeout=120)
     assert result.returncode == 0
-    for option in ("--model", "--mode", "--degree", "--steps", "--guidance", "--seed", "--batch-size",
-                   "--min-face-size", "--device", "--dtype", "--keep-metadata", "--json", "--on-error"):
+    for option in (
+        "--model",
+        "--mode",
+        "--degree",
+        "--steps",
+        "--guidance",
+        "--seed",
+        "--batch-size",
+        "--min-face-size",
+        "--device",
+        "--dtype",
+        "--keep-metadata",
+        "--json",
+        "--on-error",
+    ):
         assert option in result.stdout

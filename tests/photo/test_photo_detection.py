@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import PIL.Image
 import pytest
+from photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose, match_faces
 
 from face_anon.detection import CenterFaceDetector, Face, default_centerface_path, load_detector
-from photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose, detector, match_faces, scene  # noqa: F401
 
 SHIPPED_SHA256 = "2a07d8e39749dfdab7955a463c1285cdb1025ef4a7868542b68c08a1f1140e4c"
 
@@ -83,8 +83,10 @@ def test_detection_is_robust(detector, scene, condition):
 
 def test_large_photos_are_detected_on_a_downscaled_copy(detector):
     factor = 2.5
-    placements = [Placement((c[0] * factor, c[1] * factor), s * factor, a) for c, s, a in
-                  [((200, 200), 0.8, 0), ((900, 500), 0.5, 20)]]
+    placements = [
+        Placement((c[0] * factor, c[1] * factor), s * factor, a)
+        for c, s, a in [((200, 200), 0.8, 0), ((900, 500), 0.5, 20)]
+    ]
     image = compose(int(1280 * factor), int(720 * factor), placements)
     assert max(image.shape) > detector.max_side
     faces = detector.detect(image)
