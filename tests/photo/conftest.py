@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from photo_helpers import SCENE, SCENE_SIZE, compose
+
+from .photo_helpers import SCENE, SCENE_SIZE, compose
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,11 @@ import math
 import cv2
 import numpy as np
 import pytest
-from photo_helpers import ASTRONAUT_LANDMARKS, astronaut
 
 from face_anon.alignment import crop_face, ffhq_alignment, transform_points, warp
 from face_anon.photo import AnonymizeOptions, detect_faces
+
+from .photo_helpers import ASTRONAUT_LANDMARKS, astronaut
 
 
 def _alignment_error(alignment):

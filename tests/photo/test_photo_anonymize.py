@@ -3,11 +3,12 @@
 import numpy as np
 import PIL.Image
 import pytest
-from photo_helpers import SCENE, FakePipeline, Placement, background, compose, match_faces
 
 from face_anon.alignment import crop_face, ffhq_alignment
 from face_anon.blending import face_mask, face_region, paste_face
 from face_anon.photo import AnonymizeOptions, anonymize_photo, anonymize_photos
+
+from .photo_helpers import SCENE, FakePipeline, Placement, background, compose, match_faces
 
 CROP = 64  # small crops keep the fake and tiny models fast; the mechanics do not depend on size
 

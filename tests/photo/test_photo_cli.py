@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose
 
 from face_anon.alignment import ffhq_alignment
 from face_anon.blending import face_mask, face_region
 from face_anon.cli import main
 from face_anon.detection import CenterFaceDetector
+
+from .photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {"input", "output", "status", "error", "faces", "skipped", "notes"}

@@ -7,9 +7,10 @@ import cv2
 import numpy as np
 import PIL.Image
 import pytest
-from photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose, match_faces
 
 from face_anon.detection import CenterFaceDetector, Face, default_centerface_path, load_detector
+
+from .photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose, match_faces
 
 SHIPPED_SHA256 = "2a07d8e39749dfdab7955a463c1285cdb1025ef4a7868542b68c08a1f1140e4c"
 

@@ -10,12 +10,13 @@ import numpy as np
 import PIL.Image
 import PIL.ImageCms
 import pytest
-from photo_helpers import Placement, background, compose
 from PIL import ExifTags
 
 from face_anon.cli import main
 from face_anon.files import plan_jobs
 from face_anon.imageio import load_image, strip_jpeg, write_atomic
+
+from .photo_helpers import Placement, background, compose
 
 MAX_PIXELS = 300_000
 FACE = Placement((200, 150), 1.0)

@@ -1,0 +1,1 @@
+"""Whole-photo tests (the face_anon application package)."""
