@@ -153,7 +153,6 @@ class _Job:
 class _Photo:
     rgb: np.ndarray
     jobs: list[_Job] = field(default_factory=list)
-    outcomes: list[FaceOutcome] = field(default_factory=list)
     failed: str | None = None
 
 
