@@ -593,32 +593,231 @@ class FaceAnonPipeline(DiffusionPipeline):
         sd_model_revision: str | None = None,
         clip_model_revision: str | None = None,
         torch_dtype: torch.dtype | None = None,
+        sample_size: int | None = None,
         **kwargs: Any,
     ) -> "FaceAnonPipeline":
         """Builds the pipeline from the repositories (or local folders) the authors published, as they load them.
 
+        Nothing is converted or written; `convert_weights.py` saves the same assembly as one self-contained
+        repository.
+
         Args:
             face_model: `unet/`, `referencenet/` and `conditioning_referencenet/` (the authors' fine-tuned weights).
             sd_model: Stable Diffusion 2.1's `vae/` and `scheduler/` (loaded as `DDPMScheduler`, as the authors do).
-            clip_model: a CLIP checkpoint (full CLIPModel or vision tower) with its image processor at the root.
+            clip_model: a CLIP checkpoint (full CLIPModel or vision tower) with its image processor at the root;
+                only the vision tower is loaded.
+            face_model_revision, sd_model_revision, clip_model_revision: Hub revisions (branch, tag or commit).
+            torch_dtype: dtype of every model; float32 by default.
+            sample_size: `sample_size` of the UNet and both ReferenceNets, in latents (the default image size is
+                8 times it). `None` means the resolution the model was trained at: 64 (512 px) for SD 2.1's
+                architecture, whose published configs may carry SD 2.1's 96 (768 px); for any other architecture
+                (tiny test models) the source config's own value.
             kwargs: passed to every `from_pretrained` (`cache_dir`, `token`, `local_files_only`, ...).
 
-        Only safetensors weights are read; pickled checkpoints are refused.
+        Only safetensors weights are read; pickled checkpoints are refused, never unpickled.
+
+        Raises:
+            OSError: a source lacks a component (`unet/`, `vae/`, ...), its config or its safetensors weights.
+            ValueError: the sources do not fit together (the face networks' architectures differ, or the VAE's
+                latent channels or CLIP's width do not match the UNet).
         """
-        face = dict(kwargs, revision=face_model_revision, use_safetensors=True, torch_dtype=torch_dtype)
+        loaders = cls._original_component_loaders(
+            face_model,
+            sd_model,
+            clip_model,
+            face_model_revision=face_model_revision,
+            sd_model_revision=sd_model_revision,
+            clip_model_revision=clip_model_revision,
+            torch_dtype=torch_dtype,
+            sample_size=sample_size,
+            **kwargs,
+        )
+        return cls(**{name: load() for name, load in loaders.items()})
+
+    @classmethod
+    def _original_component_loaders(
+        cls,
+        face_model: str | os.PathLike,
+        sd_model: str | os.PathLike,
+        clip_model: str | os.PathLike,
+        *,
+        face_model_revision: str | None = None,
+        sd_model_revision: str | None = None,
+        clip_model_revision: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        sample_size: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Callable[[], Any]]:
+        """`from_original` in two halves: checks the sources' configs now (nothing heavy is read) and returns one
+        loader per component, so that `convert_weights.py` can load, write and free one component at a time."""
+        face_model, sd_model, clip_model = (os.fspath(source) for source in (face_model, sd_model, clip_model))
+        face = dict(kwargs, revision=face_model_revision)
         sd = dict(kwargs, revision=sd_model_revision)
         clip = dict(kwargs, revision=clip_model_revision)
-        return cls(
-            vae=AutoencoderKL.from_pretrained(sd_model, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype, **sd),
-            image_encoder=CLIPVisionModel.from_pretrained(clip_model, use_safetensors=True, dtype=torch_dtype, **clip),
-            feature_extractor=CLIPImageProcessor.from_pretrained(clip_model, **clip),
-            referencenet=ReferenceNetModel.from_pretrained(face_model, subfolder="referencenet", **face),
-            conditioning_referencenet=ReferenceNetModel.from_pretrained(
-                face_model, subfolder="conditioning_referencenet", **face
+        torch_dtype = torch_dtype or torch.float32
+
+        # Every component is there, in safetensors, and the architectures fit together (configs only).
+        from transformers import CLIPVisionConfig
+
+        face_configs = {}
+        for name in ("unet", *_REFERENCENETS):
+            face_configs[name] = cls._original_config(UNet2DConditionModel.load_config, "face_model", face_model, name, face)
+            cls._require_safetensors("face_model", face_model, name)
+        vae_config = cls._original_config(AutoencoderKL.load_config, "sd_model", sd_model, "vae", sd)
+        cls._require_safetensors("sd_model", sd_model, "vae")
+        cls._original_config(DDPMScheduler.load_config, "sd_model", sd_model, "scheduler", sd)
+        clip_config = cls._original_config(CLIPVisionConfig.from_pretrained, "clip_model", clip_model, None, clip)
+        cls._require_safetensors("clip_model", clip_model, None)
+        unet_config = cls._check_original_architectures(face_model, face_configs)
+        if vae_config.get("latent_channels", 4) != unet_config["in_channels"]:
+            raise ValueError(
+                f"sd_model {sd_model!r}: the VAE has {vae_config.get('latent_channels', 4)} latent channels but "
+                f"face_model {face_model!r}'s UNet takes {unet_config['in_channels']}."
+            )
+        if clip_config.hidden_size != unet_config["cross_attention_dim"]:
+            raise ValueError(
+                f"clip_model {clip_model!r}: its vision tower is {clip_config.hidden_size} wide but face_model "
+                f"{face_model!r}'s UNet attends to {unet_config['cross_attention_dim']}-wide image embeddings."
+            )
+
+        if sample_size is None:
+            sample_size = cls._trained_sample_size(unet_config)
+        face_weights = dict(face, use_safetensors=True, torch_dtype=torch_dtype)
+        if sample_size is not None:
+            face_weights["sample_size"] = sample_size
+
+        def loader(role: str, source: str, what: str, load: Callable[[], Any]) -> Callable[[], Any]:
+            def load_checked() -> Any:
+                try:
+                    return load()
+                except OSError as error:
+                    raise OSError(
+                        f"{role} {source!r}: could not load {what} ({error}). Only safetensors weights are read; "
+                        "pickled checkpoints (.bin, .ckpt) are refused."
+                    ) from error
+
+            return load_checked
+
+        loaders = {
+            "scheduler": loader(
+                "sd_model", sd_model, "`scheduler/`", lambda: DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd)
             ),
-            unet=UNet2DConditionModel.from_pretrained(face_model, subfolder="unet", **face),
-            scheduler=DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd),
+            "feature_extractor": loader(
+                "clip_model", clip_model, "its image processor", lambda: CLIPImageProcessor.from_pretrained(clip_model, **clip)
+            ),
+            "vae": loader(
+                "sd_model",
+                sd_model,
+                "`vae/`",
+                lambda: AutoencoderKL.from_pretrained(sd_model, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype, **sd),
+            ),
+            "image_encoder": loader(
+                "clip_model", clip_model, "its vision tower", lambda: cls._load_clip_vision_tower(clip_model, torch_dtype, clip)
+            ),
+        }
+        for name in (*_REFERENCENETS, "unet"):
+            model_class = UNet2DConditionModel if name == "unet" else ReferenceNetModel
+            loaders[name] = loader(
+                "face_model",
+                face_model,
+                f"`{name}/`",
+                lambda model_class=model_class, name=name: model_class.from_pretrained(face_model, subfolder=name, **face_weights),
+            )
+        return loaders
+
+    @staticmethod
+    def _trained_sample_size(unet_config: dict) -> int | None:
+        """The published model was trained at 512 px (64 latents) although its configs may carry SD 2.1's 96 (768 px):
+        64 for SD 2.1's architecture; for any other architecture, what the config says."""
+        if list(unet_config["block_out_channels"]) == [320, 640, 1280, 1280]:
+            return 64
+        return unet_config.get("sample_size")
+
+    @staticmethod
+    def _original_config(load: Callable[..., Any], role: str, source: str, subfolder: str | None, hub_kwargs: dict) -> Any:
+        """A source component's config, or an error naming the source and the missing component."""
+        where = f"`{subfolder}/` folder" if subfolder else "config at its root"
+        try:
+            if subfolder is None:
+                return load(source, **hub_kwargs)
+            return load(source, subfolder=subfolder, **hub_kwargs)
+        except OSError as error:
+            raise OSError(f"{role} {source!r} has no {where} with a config.json ({error}).") from error
+
+    @staticmethod
+    def _require_safetensors(role: str, source: str, subfolder: str | None) -> None:
+        """In a local folder, the component's weights must be safetensors. (From the Hub, `use_safetensors=True`
+        refuses pickles.) Pickles are never opened: unpickling runs arbitrary code."""
+        if not os.path.isdir(source):
+            return
+        folder = os.path.join(source, subfolder or "")
+        names = sorted(os.listdir(folder))
+        if any(name.endswith(".safetensors") for name in names):
+            return
+        pickles = [name for name in names if name.endswith((".bin", ".ckpt", ".pt", ".pth", ".pkl"))]
+        what = f"only pickled weights ({', '.join(pickles)}), which are refused (never unpickled)" if pickles else "no weights"
+        raise OSError(
+            f"{role} {source!r}: `{subfolder or '.'}/` holds {what}; expected `*.safetensors` weights. "
+            "Convert trusted pickles to safetensors first."
         )
+
+    @staticmethod
+    def _check_original_architectures(face_model: str, configs: dict[str, dict]) -> dict:
+        """The UNet and both ReferenceNets must share one architecture; returns the UNet's config."""
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
+            if parameter.default is not inspect.Parameter.empty and name != "sample_size"
+        }
+
+        def architecture(config: dict) -> dict[str, str]:  # JSON text: lists and tuples compare equal
+            return {key: json.dumps(config.get(key, default)) for key, default in defaults.items()}
+
+        unet = configs["unet"]
+        for name, config in configs.items():
+            if config.get("_class_name") not in ("UNet2DConditionModel", "ReferenceNetModel"):
+                raise ValueError(
+                    f"face_model {face_model!r}: `{name}/config.json` describes a {config.get('_class_name')!r}; "
+                    "expected a UNet2DConditionModel or ReferenceNetModel."
+                )
+            ours, theirs = architecture(config), architecture(unet)
+            differences = [f"{key}={ours[key]} (unet: {theirs[key]})" for key in defaults if ours[key] != theirs[key]]
+            if differences:
+                raise ValueError(
+                    f"face_model {face_model!r}: `{name}/` does not have the architecture of `unet/`: "
+                    + ", ".join(differences)
+                )
+        return unet
+
+    @staticmethod
+    def _load_clip_vision_tower(clip_model: str, torch_dtype: torch.dtype, hub_kwargs: dict) -> CLIPVisionModel:
+        """The vision tower of a CLIP checkpoint. From a full CLIPModel, transformers reports every text-tower weight
+        it leaves unused; that report is silenced and the load checked here instead: nothing of the vision tower
+        may be missing, mismatched or left over."""
+        from transformers.utils import logging as transformers_logging
+
+        def drop_load_report(record: Any) -> bool:
+            return "LOAD REPORT" not in str(record.msg)
+
+        load_logger = transformers_logging.get_logger("transformers.modeling_utils")
+        load_logger.addFilter(drop_load_report)
+        try:
+            model, info = CLIPVisionModel.from_pretrained(
+                clip_model, use_safetensors=True, dtype=torch_dtype, output_loading_info=True, **hub_kwargs
+            )
+        finally:
+            load_logger.removeFilter(drop_load_report)
+        problems = [
+            *sorted(info["missing_keys"]),
+            *sorted(str(key) for key in info["mismatched_keys"]),
+            *sorted(key for key in info["unexpected_keys"] if key.startswith("vision_model.")),
+        ]
+        if problems:
+            raise ValueError(
+                f"clip_model {clip_model!r}: its vision tower does not load cleanly into a CLIPVisionModel "
+                f"(missing, mismatched or unused: {', '.join(problems[:5])}{', ...' if len(problems) > 5 else ''})."
+            )
+        return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any):
         """Saves a folder that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads back.

