@@ -18,6 +18,7 @@ the asked dtype), and a fresh Python process that loads the folder computes what
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import inspect
@@ -189,7 +190,8 @@ def convert(
 
     Args:
         output_dir: the repository folder to create; an existing one is refused unless `overwrite=True`.
-        face_model, sd_model, clip_model: Hub ids or local folders in the same layout (see `FaceAnonPipeline.from_original`).
+        face_model, sd_model, clip_model: Hub ids or local folders in the same layout (see
+            `FaceAnonPipeline.from_original`).
         dtype: dtype of every written weight.
         variant: diffusers variant name of the weight files (`"fp16"` writes `*.fp16.safetensors`).
         sample_size: `sample_size` written into the UNet and ReferenceNet configs; `None` is `from_original`'s
@@ -226,22 +228,19 @@ def convert(
             atol=verify_atol,
             hub_kwargs=hub_kwargs,
         )
-        files = {path: _sha256(work_dir / path) for path in _relative_files(work_dir)}
-        provenance = [
-            {
-                "role": role,
-                "source": source.name if not source.is_local else str(Path(source.name).absolute()),
-                "revision": source.describe_revision(next(iter(_files_of(role, source_files)), [])),
-                "files": {
-                    _display_path(path, source): _sha256(path) for paths in _files_of(role, source_files) for path in paths
-                },
-            }
-            for role, source in sources.items()
-        ]
         face = sources["face_model"]
-        source_config = UNet2DConditionModel.load_config(face.name, subfolder="unet", revision=face.revision, **hub_kwargs)
+        source_unet = UNet2DConditionModel.load_config(
+            face.name, subfolder="unet", revision=face.revision, **hub_kwargs
+        )
         result = ConversionResult(
-            work_dir, files, dtype, variant, written_sample_size, source_config.get("sample_size"), provenance, verification
+            output_dir=work_dir,
+            files={path: _sha256(work_dir / path) for path in _relative_files(work_dir)},
+            dtype=dtype,
+            variant=variant,
+            sample_size=written_sample_size,
+            source_sample_size=source_unet.get("sample_size"),
+            sources=_provenance(sources, source_files),
+            verification=verification,
         )
         write_model_card(work_dir, sources, result, repo_id=repo_id or output_dir.name)
         result.files["README.md"] = _sha256(work_dir / "README.md")
@@ -271,6 +270,7 @@ def _sources(face_model, sd_model, clip_model, face_revision, sd_revision, clip_
 
 
 def _source_weight_files(sources: dict[str, Source], hub_kwargs: dict) -> dict[str, list[Path]]:
+    """Per weight component, the source file(s) its tensors come from (local, or in the Hub cache)."""
     files = {}
     for component in WEIGHT_COMPONENTS:
         source = sources[component.role]
@@ -278,8 +278,26 @@ def _source_weight_files(sources: dict[str, Source], hub_kwargs: dict) -> dict[s
             files[component.name] = source.weight_files(component.subfolder, component.source_stem, **hub_kwargs)
         except (OSError, EntryNotFoundError) as error:
             where = f"{component.subfolder}/" if component.subfolder else "its root"
-            raise ConversionError(f"{source.role} {source.name!r}: no {component.source_stem} weights in {where} ({error}).") from error
+            raise ConversionError(
+                f"{source.role} {source.name!r}: no {component.source_stem} weights in {where} ({error})."
+            ) from error
     return files
+
+
+def _provenance(sources: dict[str, Source], source_files: dict[str, list[Path]]) -> list[dict[str, Any]]:
+    """Per source: where it is, the revision it was read at, and the sha256 of each weight file read."""
+    provenance = []
+    for role, source in sources.items():
+        files = [path for c in WEIGHT_COMPONENTS if c.role == role for path in source_files[c.name]]
+        provenance.append(
+            {
+                "role": role,
+                "source": source.name,
+                "revision": source.describe_revision(files),
+                "files": {_display_path(path, source): _sha256(path) for path in files},
+            }
+        )
+    return provenance
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -413,16 +431,19 @@ def check_tensors(
                 f"{where}: the written tensors differ from the source's: missing {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''}, extra {extra[:5]}{' ...' if len(extra) > 5 else ''}."
             )
-        for key in sorted(expected):
-            with safe_open(expected[key], framework="pt") as source_file, safe_open(written[key], framework="pt") as out:
-                original, copy = source_file.get_tensor(key), out.get_tensor(key)
-            wanted = dtype if original.is_floating_point() else original.dtype
-            if copy.shape != original.shape or copy.dtype != wanted:
-                raise ConversionError(
-                    f"{where}: tensor {key!r} is {copy.dtype} {tuple(copy.shape)}, expected {wanted} {tuple(original.shape)}."
-                )
-            if not torch.equal(copy, original.to(wanted)):
-                raise ConversionError(f"{where}: tensor {key!r} does not hold the source's values (cast to {wanted}).")
+        with contextlib.ExitStack() as stack:  # memory-mapped files; one tensor pair in memory at a time
+            paths = {*expected.values(), *written.values()}
+            files = {path: stack.enter_context(safe_open(path, framework="pt")) for path in paths}
+            for key in sorted(expected):
+                original, copy = files[expected[key]].get_tensor(key), files[written[key]].get_tensor(key)
+                wanted = dtype if original.is_floating_point() else original.dtype
+                if copy.shape != original.shape or copy.dtype != wanted:
+                    raise ConversionError(
+                        f"{where}: tensor {key!r} is {copy.dtype} {tuple(copy.shape)}, "
+                        f"expected {wanted} {tuple(original.shape)}."
+                    )
+                if not torch.equal(copy, original.to(wanted)):
+                    raise ConversionError(f"{where}: tensor {key!r} does not hold the source's values (cast to {wanted}).")
 
 
 def _tensor_locations(files: list[Path], prefix: str) -> dict[str, Path]:
@@ -479,8 +500,15 @@ def verify_in_fresh_process(
             if source.revision:
                 command += [f"--{role.replace('_', '-')}-revision", source.revision]
         command += ["--dtype", _dtype_name(dtype), "--verify-steps", str(steps), "--verify-report", str(report_path)]
-        for flag, value in (("--variant", variant), ("--sample-size", sample_size), ("--device", device),
-                            ("--verify-size", size), ("--verify-atol", atol), ("--cache-dir", hub_kwargs.get("cache_dir"))):
+        options = {
+            "--variant": variant,
+            "--sample-size": sample_size,
+            "--device": device,
+            "--verify-size": size,
+            "--verify-atol": atol,
+            "--cache-dir": hub_kwargs.get("cache_dir"),
+        }
+        for flag, value in options.items():
             if value is not None:
                 command += [flag, str(value)]
         env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -529,8 +557,9 @@ def verify_repository(
     if type(pipe).__name__ != FaceAnonPipeline.__name__:
         raise ConversionError(f"{repo_dir} loads as {type(pipe).__name__}, not {FaceAnonPipeline.__name__}.")
     for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module) and {p.dtype for p in component.parameters()} != {dtype}:
-            raise ConversionError(f"{repo_dir}: {name} loads as {sorted(map(str, {p.dtype for p in component.parameters()}))}, not {dtype}.")
+        dtypes = {p.dtype for p in component.parameters()} if isinstance(component, torch.nn.Module) else {dtype}
+        if dtypes != {dtype}:
+            raise ConversionError(f"{repo_dir}: {name} loads as {sorted(map(str, dtypes))}, not {dtype}.")
     for name in ("unet", "referencenet", "conditioning_referencenet"):
         got = getattr(pipe, name).config.sample_size
         if sample_size is not None and got != sample_size:
@@ -557,7 +586,8 @@ def verify_repository(
               "max_abs_diff": max_abs_diff, "output_std": float(expected.std())}
     if not max_abs_diff <= atol:  # also catches NaN
         raise ConversionError(
-            f"a {steps}-step run at {size} px differs from the sources' by up to {max_abs_diff:.3g} (tolerance {atol:g})."
+            f"a {steps}-step run at {size} px differs from the sources' by up to {max_abs_diff:.3g} "
+            f"(tolerance {atol:g})."
         )
     return report
 
@@ -584,7 +614,9 @@ def _short_run(pipe: Any, device: str, steps: int, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ model card
 
 
-def write_model_card(repo_dir: Path, sources: dict[str, Source], result: ConversionResult, *, repo_id: str) -> ModelCard:
+def write_model_card(
+    repo_dir: Path, sources: dict[str, Source], result: ConversionResult, *, repo_id: str
+) -> ModelCard:
     """`README.md`: metadata, usage, resolution, provenance with checksums, licence and citation. The card is read
     back with `huggingface_hub.ModelCard` to check that its metadata parses."""
     card_data = ModelCardData(
@@ -742,7 +774,7 @@ def push_to_hub(
     return api.create_commit(
         repo_id=repo_id,
         operations=operations,
-        commit_message=commit_message or "Add Face Anonymization Made Simple, converted and verified by convert_weights.py",
+        commit_message=commit_message or "Add Face Anonymization Made Simple (converted and verified)",
         repo_type="model",
     )
 
@@ -752,10 +784,6 @@ def push_to_hub(
 
 def _relative_files(folder: Path) -> list[str]:
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-
-
-def _files_of(role: str, source_files: dict[str, list[Path]]) -> list[list[Path]]:
-    return [files for component in WEIGHT_COMPONENTS if component.role == role for files in [source_files[component.name]]]
 
 
 def _display_path(path: Path, source: Source) -> str:
@@ -797,10 +825,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sources = parser.add_argument_group("sources (a Hub repository id or a local folder in the same layout)")
-    sources.add_argument("--face-model", default=DEFAULT_FACE_MODEL,
-                         help="the authors' weights: unet/, referencenet/, conditioning_referencenet/ (default: %(default)s)")
+    sources.add_argument(
+        "--face-model",
+        default=DEFAULT_FACE_MODEL,
+        help="the authors' weights: unet/, referencenet/, conditioning_referencenet/ (default: %(default)s)",
+    )
     sources.add_argument("--face-model-revision", help="branch, tag or commit of --face-model (Hub only)")
-    sources.add_argument("--sd-model", default=DEFAULT_SD_MODEL, help="Stable Diffusion 2.1: vae/ and scheduler/ (default: %(default)s)")
+    sources.add_argument(
+        "--sd-model", default=DEFAULT_SD_MODEL, help="Stable Diffusion 2.1: vae/ and scheduler/ (default: %(default)s)"
+    )
     sources.add_argument("--sd-model-revision", help="branch, tag or commit of --sd-model (Hub only)")
     sources.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
                          help="CLIP checkpoint (full CLIPModel or vision tower) with its image processor; only the vision "
@@ -827,7 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = parser.add_argument_group("verification")
     verify.add_argument("--device", help="device of the verification run (default: cuda if available, else cpu)")
-    verify.add_argument("--verify-steps", type=int, default=2, help="DDPM steps of the verification run (default: %(default)s)")
+    verify.add_argument(
+        "--verify-steps", type=int, default=2, help="DDPM steps of the verification run (default: %(default)s)"
+    )
     verify.add_argument("--verify-size", type=int,
                         help="image size in pixels of the verification run (default: the model's, at most 128)")
     verify.add_argument("--verify-atol", type=float,
@@ -913,7 +948,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"convert_weights: error: uploading {result.output_dir} to {args.push_to_hub} failed: {error}",
                   file=sys.stderr)
             return 1
-        logger.info("uploaded %d files to %s: %s", len(result.files), args.push_to_hub, getattr(commit, "commit_url", commit))
+        url = getattr(commit, "commit_url", commit)
+        logger.info("uploaded %d files to %s: %s", len(result.files), args.push_to_hub, url)
     return 0
 
 

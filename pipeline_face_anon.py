@@ -736,13 +736,16 @@ class FaceAnonPipeline(DiffusionPipeline):
     @staticmethod
     def _original_config(load: Callable[..., Any], role: str, source: str, subfolder: str | None, hub_kwargs: dict) -> Any:
         """A source component's config, or an error naming the source and the missing component."""
-        where = f"`{subfolder}/` folder" if subfolder else "config at its root"
         try:
             if subfolder is None:
                 return load(source, **hub_kwargs)
             return load(source, subfolder=subfolder, **hub_kwargs)
         except OSError as error:
-            raise OSError(f"{role} {source!r} has no {where} with a config.json ({error}).") from error
+            if os.path.isdir(source) and subfolder and not os.path.isdir(os.path.join(source, subfolder)):
+                problem = f"has no `{subfolder}/` folder"
+            else:
+                problem = f"has no readable `{subfolder + '/' if subfolder else ''}config.json`"
+            raise OSError(f"{role} {source!r} {problem} ({error}).") from error
 
     @staticmethod
     def _require_safetensors(role: str, source: str, subfolder: str | None) -> None:
