@@ -142,8 +142,6 @@ WEIGHT_COMPONENTS = (
     # CLIP's repository holds the whole CLIPModel; the pipeline uses the vision tower only.
     WeightComponent("image_encoder", "clip_model", None, "model", "model", key_prefix="vision_model."),
 )
-# Classes named in model_index.json by their backend-neutral name (transformers 5 picks the backend at load time).
-INDEX_CLASS_NAMES = {"CLIPImageProcessorPil": "CLIPImageProcessor"}
 
 
 @dataclass
@@ -363,7 +361,7 @@ def _library_and_class(component: Any) -> list[str]:
     """The `[library, class]` entry of `model_index.json`, naming custom classes by the file that defines them."""
     cls = type(component)
     if cls.__module__.split(".")[0] in ("diffusers", "transformers"):
-        return [cls.__module__.split(".")[0], INDEX_CLASS_NAMES.get(cls.__name__, cls.__name__)]
+        return [cls.__module__.split(".")[0], cls.__name__]
     return [Path(inspect.getfile(cls)).stem, cls.__name__]
 
 

@@ -18,6 +18,10 @@ from diffusers import DDIMScheduler  # noqa: E402
 from pipeline_face_anon import FaceAnonPipeline  # noqa: E402
 
 
+# The models are tiny: one thread is as fast, and does not fight the subprocesses some tests start.
+torch.set_num_threads(1)
+
+
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "reference_tiny"
 MANIFEST = json.loads((FIXTURE_DIR / "manifest.json").read_text())
 # Cases with a deterministic expected output (the DDPM case is a smoke run of the reference only).

@@ -153,7 +153,7 @@ def test_layout_and_model_index(converted, fixture_dir):
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
     assert index["image_encoder"] == ["transformers", "CLIPVisionModel"]
-    assert index["feature_extractor"] == ["transformers", "CLIPImageProcessor"]
+    assert index["feature_extractor"] == ["transformers", "CLIPImageProcessorPil"]
     assert "class FaceAnonPipeline(DiffusionPipeline)" in (out / "pipeline_face_anon.py").read_text()
     modeling = (out / "modeling_referencenet.py").read_text()
     assert "class ReferenceNetModel(UNet2DConditionModel)" in modeling
