@@ -138,9 +138,9 @@ class ReferenceAttnProcessor:
     Self-attention of the denoising UNet over its own tokens followed by the reference tokens.
 
     Equal to attending with queries, keys and values over `[own ; source ; driving]` and keeping the first N
-    outputs, as the reference implementation does, but computes queries for the N own tokens only, and
-    projects the reference tokens (which do not change during a call) to keys and values once, on the first
-    step after `set_reference_states`.
+    outputs, as the reference implementation does, but computes queries for the N own tokens only, and projects
+    the reference tokens (which do not change during a call) to keys and values once per call instead of at every
+    step.
 
     Args:
         reference_layer (`str`): the ReferenceNet layer whose states this attention receives.
@@ -152,24 +152,33 @@ class ReferenceAttnProcessor:
         self._reference_key: torch.Tensor | None = None
         self._reference_value: torch.Tensor | None = None
 
-    def set_reference_states(self, reference_states: torch.Tensor | None) -> None:
-        """Sets `[source ; driving]` tokens, `[batch, 2N, channels]`, for the following UNet calls (`None` clears)."""
+    def set_reference_states(self, reference_states: torch.Tensor | None, attn: Attention | None = None) -> None:
+        """Sets `[source ; driving]` tokens, `[batch, 2N, channels]`, for the following UNet calls (`None` clears).
+
+        Their keys and values are projected once for all those calls: here, if `attn` (the attention this
+        processor serves) is given and its weights are on the states' device, so that every step, a compiled one
+        too, runs the same code; otherwise on the next call (under `enable_model_cpu_offload()` the UNet's weights
+        reach the device only when its forward starts). Only the keys and values are kept once projected.
+        """
         self.reference_states = reference_states
         self._reference_key = None
         self._reference_value = None
+        if reference_states is not None and attn is not None:
+            weight = getattr(attn.to_k, "weight", None)
+            if weight is not None and weight.device == reference_states.device:
+                self._project_reference_states(attn)
 
     def _split_heads(self, attn: Attention, tensor: torch.Tensor) -> torch.Tensor:
         batch_size = tensor.shape[0]
         return tensor.view(batch_size, -1, attn.heads, tensor.shape[-1] // attn.heads).transpose(1, 2)
 
-    def _reference_key_value(self, attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._reference_key is None:
-            key = self._split_heads(attn, attn.to_k(self.reference_states))
-            if attn.norm_k is not None:
-                key = attn.norm_k(key)
-            self._reference_key = key
-            self._reference_value = self._split_heads(attn, attn.to_v(self.reference_states))
-        return self._reference_key, self._reference_value
+    def _project_reference_states(self, attn: Attention) -> None:
+        key = self._split_heads(attn, attn.to_k(self.reference_states))
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        self._reference_key = key
+        self._reference_value = self._split_heads(attn, attn.to_v(self.reference_states))
+        self.reference_states = None
 
     def __call__(
         self,
@@ -179,11 +188,13 @@ class ReferenceAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.reference_states is None:
-            raise RuntimeError(
-                f"No reference states were set for the self-attention paired with `{self.reference_layer}`; "
-                "run the UNet through `FaceAnonPipeline`, which sets them."
-            )
+        if self._reference_key is None:
+            if self.reference_states is None:
+                raise RuntimeError(
+                    f"No reference states were set for the self-attention paired with `{self.reference_layer}`; "
+                    "run the UNet through `FaceAnonPipeline`, which sets them."
+                )
+            self._project_reference_states(attn)
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
             raise ValueError("ReferenceAttnProcessor only handles unmasked self-attention on [batch, tokens, channels].")
 
@@ -196,9 +207,8 @@ class ReferenceAttnProcessor:
         if attn.norm_k is not None:
             own_key = attn.norm_k(own_key)
 
-        reference_key, reference_value = self._reference_key_value(attn)
-        key = torch.cat([own_key, reference_key], dim=2)
-        value = torch.cat([own_value, reference_value], dim=2)
+        key = torch.cat([own_key, self._reference_key], dim=2)
+        value = torch.cat([own_value, self._reference_value], dim=2)
 
         hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).flatten(2).to(query.dtype)

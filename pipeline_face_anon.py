@@ -187,6 +187,21 @@ class FaceAnonPipeline(DiffusionPipeline):
             processors = self.unet.attn_processors
         return {name: processors[name] for name in paired}
 
+    def set_reference_states(self, reference_states: dict[str, torch.Tensor] | None) -> dict[str, ReferenceAttnProcessor]:
+        """Hands every UNet self-attention the `[source ; driving]` tokens of its ReferenceNet layer for the following
+        UNet calls (`None` releases them); returns the processors by UNet layer name.
+
+        Their keys and values are projected here, once per call instead of once per step, so the steps (compiled
+        ones too) all run the same code. Under `enable_model_cpu_offload()`, which moves the UNet's weights to the
+        device only when its forward starts, the first step projects them instead.
+        """
+        processors = self.install_reference_processors()
+        for name, processor in processors.items():
+            attn = self.unet.get_submodule(name.removesuffix(".processor"))
+            states = None if reference_states is None else reference_states[processor.reference_layer]
+            processor.set_reference_states(states, attn)
+        return processors
+
     @property
     def default_image_size(self) -> int:
         """Height and width used when the call names none: the size the UNet was configured (trained) for."""
@@ -519,9 +534,11 @@ class FaceAnonPipeline(DiffusionPipeline):
         images = self.preprocess_image(image, height, width, "image")
         batch_size = len(images) * num_images_per_prompt
 
-        # 3. Prepare timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 3. Prepare timesteps. The scheduler keeps its timesteps on the CPU, so that its per-step indexing and
+        #    comparisons never wait for the device; the UNet reads them from one copy on the device.
+        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
         timesteps = self.scheduler.timesteps
+        unet_timesteps = timesteps.to(device)
         self._num_timesteps = len(timesteps)
 
         # 4. Prepare the initial noise. It is drawn first, so a seed gives the reference implementation's noise.
@@ -542,9 +559,8 @@ class FaceAnonPipeline(DiffusionPipeline):
         reference_states, encoder_hidden_states = self.encode_reference_states(
             driving_latents, driving_embeds, source_latents, source_embeds
         )
-        processors = self.install_reference_processors()
-        for processor in processors.values():
-            processor.set_reference_states(reference_states[processor.reference_layer])
+        processors = self.set_reference_states(reference_states)
+        del reference_states  # the processors keep their keys and values, all the steps need
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 7. Denoising loop
@@ -556,7 +572,8 @@ class FaceAnonPipeline(DiffusionPipeline):
                     latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                     latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                     noise_pred = self.unet(
-                        latent_model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False
+                        latent_model_input, unet_timesteps[i], encoder_hidden_states=encoder_hidden_states,
+                        return_dict=False,
                     )[0]
                     if self.do_classifier_free_guidance:
                         noise_pred_null, noise_pred_source = noise_pred.chunk(2)
