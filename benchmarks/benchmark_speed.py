@@ -422,7 +422,7 @@ def count_loop_syncs(pipe, args, faces: int = 2) -> dict:
                     run_authors(pipe, images, args, step_callback=lambda i, n: watch.step(i))
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        messages = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        messages = [str(w.message).splitlines()[0] for w in caught if "called a synchronizing" in str(w.message)]
         counts[name] = {"syncs_in_steps_2_to_n": len(messages), "first": messages[:3]}
     return counts
 
