@@ -20,7 +20,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import deprecate, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPImageProcessor, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
 
 if __package__:  # loaded by diffusers as remote code: the module sits beside this file
@@ -128,7 +128,8 @@ class FaceAnonPipeline(DiffusionPipeline):
         vae ([`AutoencoderKL`]): Variational auto-encoder between images and latents.
         image_encoder ([`~transformers.CLIPVisionModel`]): CLIP vision tower; its pooled output replaces the text
             embedding (no text encoder, no prompt).
-        feature_extractor ([`~transformers.CLIPImageProcessor`]): prepares images for `image_encoder`.
+        feature_extractor ([`~transformers.CLIPImageProcessorPil`]): prepares images for `image_encoder`, with
+            PIL's resize as the reference implementation did (the torchvision backend's differs by ~3e-4 at the output).
         referencenet ([`ReferenceNetModel`]): encodes the identity source.
         conditioning_referencenet ([`ReferenceNetModel`]): encodes the driving image.
         unet ([`UNet2DConditionModel`]): the denoising UNet; the pipeline installs a [`ReferenceAttnProcessor`]
@@ -144,9 +145,11 @@ class FaceAnonPipeline(DiffusionPipeline):
         self,
         vae: AutoencoderKL,
         image_encoder: CLIPVisionModel,
-        feature_extractor: CLIPImageProcessor,
-        referencenet: ReferenceNetModel,
-        conditioning_referencenet: ReferenceNetModel,
+        feature_extractor: CLIPImageProcessorPil,
+        # ReferenceNetModels, annotated by their base class: diffusers executes a custom component's file apart
+        # from the pipeline's, so the two `ReferenceNetModel` classes differ and its type check would warn.
+        referencenet: UNet2DConditionModel,
+        conditioning_referencenet: UNet2DConditionModel,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
     ):
@@ -508,8 +511,8 @@ class FaceAnonPipeline(DiffusionPipeline):
                 source_image = None
 
         # 1. Check inputs
-        height = height or self.default_image_size
-        width = width or self.default_image_size
+        height = self.default_image_size if height is None else height
+        width = self.default_image_size if width is None else width
         self.check_inputs(
             image,
             source_image,
@@ -720,7 +723,7 @@ class FaceAnonPipeline(DiffusionPipeline):
                 "sd_model", sd_model, "`scheduler/`", lambda: DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd)
             ),
             "feature_extractor": loader(
-                "clip_model", clip_model, "its image processor", lambda: CLIPImageProcessor.from_pretrained(clip_model, **clip)
+                "clip_model", clip_model, "its image processor", lambda: CLIPImageProcessorPil.from_pretrained(clip_model, **clip)
             ),
             "vae": loader(
                 "sd_model",
@@ -868,6 +871,7 @@ class FaceAnonPipeline(DiffusionPipeline):
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
         index["_class_name"] = [_PIPELINE_FILE.removesuffix(".py"), type(self).__name__]
+        index.pop("_name_or_path", None)  # where it was loaded from: meaningless in a Hub repo, and a local path
         for name in _REFERENCENETS:
             index[name] = [_MODELING_FILE.removesuffix(".py"), "ReferenceNetModel"]
         with open(index_path, "w", encoding="utf-8") as f:
