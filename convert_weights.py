@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import gc
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 
-from pipeline_face_anon import FaceAnonPipeline
+from pipeline_face_anon import FaceAnonPipeline, write_hub_code
 
 
 logger = logging.getLogger("convert_weights")
@@ -358,32 +357,16 @@ def _write_components(
 
 
 def _library_and_class(component: Any) -> list[str]:
-    """The `[library, class]` entry of `model_index.json`, naming custom classes by the file that defines them."""
+    """The `[library, class]` entry of `model_index.json` (`write_hub_code` names the custom classes)."""
     cls = type(component)
-    if cls.__module__.split(".")[0] in ("diffusers", "transformers"):
-        return [cls.__module__.split(".")[0], cls.__name__]
-    return [Path(inspect.getfile(cls)).stem, cls.__name__]
+    return [cls.__module__.split(".")[0], cls.__name__]
 
 
 def _write_code_and_index(work_dir: Path, index: dict[str, list[str]]) -> None:
-    """The pipeline's code where diffusers looks for it, and `model_index.json` naming it."""
-    pipeline_file = Path(inspect.getfile(FaceAnonPipeline))
-    shutil.copyfile(pipeline_file, work_dir / pipeline_file.name)
-    custom_files = {
-        Path(inspect.getfile(getattr(sys.modules[module], class_name))) for module, class_name in index.values()
-        if module not in ("diffusers", "transformers")
-    }
-    for file in custom_files:  # at the root for the pipeline's import, in each component's folder for diffusers
-        shutil.copyfile(file, work_dir / file.name)
-        for name, (module, _) in index.items():
-            if module == file.stem:
-                shutil.copyfile(file, work_dir / name / file.name)
-    model_index = {
-        "_class_name": [pipeline_file.stem, FaceAnonPipeline.__name__],
-        "_diffusers_version": diffusers.__version__,
-        **index,
-    }
+    """`model_index.json` naming the components, and the pipeline's code where diffusers looks for it."""
+    model_index = {"_diffusers_version": diffusers.__version__, **index}
     (work_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+    write_hub_code(work_dir)
 
 
 def _move_into_place(work_dir: Path, output_dir: Path) -> None:

@@ -852,7 +852,7 @@ class FaceAnonPipeline(DiffusionPipeline):
         """
         hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
         super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
-        self._write_remote_code(save_directory)
+        write_hub_code(save_directory)
         if push_to_hub:
             from huggingface_hub import create_repo
 
@@ -860,20 +860,25 @@ class FaceAnonPipeline(DiffusionPipeline):
             repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.pop("private", None), token=hub_kwargs.get("token")).repo_id
             self._upload_folder(save_directory, repo_id, **hub_kwargs)
 
-    def _write_remote_code(self, save_directory: str | os.PathLike) -> None:
-        modeling_file = inspect.getfile(ReferenceAttnProcessor)
-        shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, _PIPELINE_FILE))
-        shutil.copyfile(modeling_file, os.path.join(save_directory, _MODELING_FILE))
-        for name in _REFERENCENETS:
-            shutil.copyfile(modeling_file, os.path.join(save_directory, name, _MODELING_FILE))
 
-        index_path = os.path.join(save_directory, "model_index.json")
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-        index["_class_name"] = [_PIPELINE_FILE.removesuffix(".py"), type(self).__name__]
-        index.pop("_name_or_path", None)  # where it was loaded from: meaningless in a Hub repo, and a local path
-        for name in _REFERENCENETS:
-            index[name] = [_MODELING_FILE.removesuffix(".py"), "ReferenceNetModel"]
-        with open(index_path, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
+def write_hub_code(save_directory: str | os.PathLike) -> None:
+    """Makes a saved pipeline folder load as remote code with `DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)`: copies `pipeline_face_anon.py` and `modeling_referencenet.py` to the root and the
+    modeling file into each ReferenceNet's folder (where diffusers looks for a custom component's code), and names
+    the classes by those files in the folder's `model_index.json`."""
+    modeling_file = inspect.getfile(ReferenceAttnProcessor)
+    shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, _PIPELINE_FILE))
+    shutil.copyfile(modeling_file, os.path.join(save_directory, _MODELING_FILE))
+    for name in _REFERENCENETS:
+        shutil.copyfile(modeling_file, os.path.join(save_directory, name, _MODELING_FILE))
+
+    index_path = os.path.join(save_directory, "model_index.json")
+    with open(index_path, encoding="utf-8") as f:
+        index = json.load(f)
+    index["_class_name"] = [_PIPELINE_FILE.removesuffix(".py"), FaceAnonPipeline.__name__]
+    index.pop("_name_or_path", None)  # where it was loaded from: meaningless in a Hub repo, and a local path
+    for name in _REFERENCENETS:
+        index[name] = [_MODELING_FILE.removesuffix(".py"), "ReferenceNetModel"]
+    with open(index_path, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
