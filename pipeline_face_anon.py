@@ -42,8 +42,9 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers import DiffusionPipeline
         >>> from diffusers.utils import load_image
 
+        >>> # a repository written by convert_weights.py (or FaceAnonPipeline.from_original() on the authors' repos)
         >>> pipe = DiffusionPipeline.from_pretrained(
-        ...     "face-anon/face-anon-simple-diffusers", trust_remote_code=True, torch_dtype=torch.float16
+        ...     "./face-anon-simple-diffusers", trust_remote_code=True, torch_dtype=torch.float16
         ... ).to("cuda")
         >>> face = load_image("aligned_face.png")  # an FFHQ-style aligned face crop
 

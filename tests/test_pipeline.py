@@ -184,13 +184,17 @@ def test_float16_matches_float32(fresh_pipeline):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_and_model_cpu_offload_match_the_cpu(fresh_pipeline):
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     expected = run(fresh_pipeline)
-    on_gpu = run(fresh_pipeline.to("cuda"))
-    np.testing.assert_allclose(on_gpu, expected, atol=1e-5)  # measured on an H200: 3e-7 (mean)
-    fresh_pipeline.to("cpu")
-    fresh_pipeline.enable_model_cpu_offload()
-    np.testing.assert_allclose(run(fresh_pipeline), on_gpu, atol=1e-5)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 means float32 here
+    try:
+        on_gpu = run(fresh_pipeline.to("cuda"))
+        np.testing.assert_allclose(on_gpu, expected, atol=1e-5)  # measured on an H200: 3e-7 (mean)
+        fresh_pipeline.to("cpu")
+        fresh_pipeline.enable_model_cpu_offload()
+        np.testing.assert_allclose(run(fresh_pipeline), on_gpu, atol=1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
