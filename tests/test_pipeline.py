@@ -122,7 +122,7 @@ def test_reference_states_are_released_after_the_call(tiny_pipeline):
 
 def test_input_kinds_give_the_same_result(tiny_pipeline):
     face = load_input("A")
-    array = np.asarray(face)
+    array = np.array(face)  # a writable copy
     tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
     expected = run(tiny_pipeline, face)
     for image in (array, array.astype(np.float32) / 255, tensor, tensor[None], [face], [array], [tensor]):
