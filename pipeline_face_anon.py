@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils import deprecate, logging, replace_example_docstring
+from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
@@ -505,7 +506,8 @@ class FaceAnonPipeline(DiffusionPipeline):
         if conditioning_image is not None:
             if image is not None:
                 raise ValueError("Pass the face as `image` only; `conditioning_image` is its deprecated name.")
-            deprecate("conditioning_image", "1.0.0", "`conditioning_image` is deprecated; pass the face as `image`.")
+            # A plain FutureWarning: diffusers' `deprecate` ties removal to diffusers' own version, not ours.
+            warnings.warn("`conditioning_image` is deprecated; pass the face as `image`.", FutureWarning, stacklevel=2)
             image = conditioning_image
             if source_image is not None and anonymization_degree > 0:
                 logger.warning("`source_image` is ignored when anonymization_degree > 0, as in the reference implementation.")
