@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import PIL.Image
 
-from face_anon.alignment import ffhq_alignment, transform_points
+from face_anon.geometry.alignment import ffhq_alignment, transform_points
 from face_anon.detection import CenterFaceDetector
-from face_anon.imageio import load_image
-from face_anon.photo import AnonymizeOptions, detect_faces
+from face_anon.io.images import load_image
+from face_anon.orchestration.photo import AnonymizeOptions, detect_faces
 
 
 def _timed(function, repeats):

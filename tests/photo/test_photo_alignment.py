@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from face_anon.alignment import crop_face, ffhq_alignment, transform_points, warp
-from face_anon.photo import AnonymizeOptions, detect_faces
+from face_anon.geometry.alignment import crop_face, ffhq_alignment, transform_points, warp
+from face_anon.orchestration.photo import AnonymizeOptions, detect_faces
 
 from .photo_helpers import ASTRONAUT_LANDMARKS, astronaut
 

@@ -4,9 +4,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from face_anon.alignment import crop_face, ffhq_alignment
-from face_anon.blending import face_mask, face_region, paste_face
-from face_anon.photo import AnonymizeOptions, anonymize_photo, anonymize_photos
+from face_anon.geometry.alignment import crop_face, ffhq_alignment
+from face_anon.geometry.blending import face_mask, face_region, paste_face
+from face_anon.orchestration.photo import AnonymizeOptions, anonymize_photo, anonymize_photos
 
 from .photo_helpers import SCENE, FakePipeline, Placement, background, compose, match_faces
 

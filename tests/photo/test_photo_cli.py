@@ -10,9 +10,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from face_anon.alignment import ffhq_alignment
-from face_anon.blending import face_mask, face_region
-from face_anon.cli import main
+from face_anon.geometry.alignment import ffhq_alignment
+from face_anon.geometry.blending import face_mask, face_region
+from face_anon.apps.cli import main
 from face_anon.detection import CenterFaceDetector
 
 from .photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose

@@ -12,9 +12,10 @@ import PIL.ImageCms
 import pytest
 from PIL import ExifTags
 
-from face_anon.cli import main
-from face_anon.files import plan_jobs
-from face_anon.imageio import load_image, strip_jpeg, write_atomic
+from face_anon.apps.cli import main
+from face_anon.orchestration.batch import plan_jobs
+from face_anon.io.images import load_image, write_atomic
+from face_anon.io.jpeg import strip_jpeg
 
 from .photo_helpers import Placement, background, compose
 

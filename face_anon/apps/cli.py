@@ -10,12 +10,12 @@ import json
 import sys
 from typing import Sequence
 
-from .detection import DETECTOR_NAMES, load_detector
-from .files import FileReport, plan_jobs, process_files
-from .imageio import DEFAULT_MAX_PIXELS, write_atomic
-from .loading import DTYPES, load_pipeline, resolve_device, resolve_dtype
-from .photo import ON_ERROR_CHOICES, AnonymizeOptions
-from .redaction import MODES
+from ..detection import DETECTOR_NAMES, load_detector
+from ..orchestration.batch import FileReport, plan_jobs, process_files
+from ..io.images import DEFAULT_MAX_PIXELS, write_atomic
+from ..replacers.diffusion import DTYPES, load_pipeline, resolve_device, resolve_dtype
+from ..orchestration.photo import ON_ERROR_CHOICES, AnonymizeOptions
+from ..replacers.base import MODES
 
 DESCRIPTION = """\
 Anonymize every face in photos with the diffusion model of "Face Anonymization Made Simple"

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 import PIL.Image
 
-from .alignment import Alignment, crop_face, ffhq_alignment, refine_landmarks
-from .blending import FaceRegion, face_mask, face_region, paste_face
-from .detection import Face, FaceDetector
-from .imageio import rgb_array
-from .redaction import ACTIONS, MODES, DiffusionAnonymizer, FaceReplacer, Redactor
+from ..geometry.alignment import Alignment, crop_face, ffhq_alignment, refine_landmarks
+from ..geometry.blending import FaceRegion, face_mask, face_region, paste_face
+from ..detection import Face, FaceDetector
+from ..io.images import rgb_array
+from ..replacers import ACTIONS, MODES, DiffusionAnonymizer, FaceReplacer, Redactor
 
 ON_ERROR_CHOICES = ("fail", "redact")
 REDACTED_ON_ERROR = "blacked_out_on_error"

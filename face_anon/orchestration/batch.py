@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .detection import Face, FaceDetector
-from .imageio import (
+from ..detection import Face, FaceDetector
+from ..io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     LoadedImage,
@@ -24,11 +24,11 @@ from .imageio import (
     format_for,
     load_image,
     merge_into_source,
-    strip_jpeg,
     write_atomic,
 )
+from ..io.jpeg import strip_jpeg
 from .photo import IGNORED_SMALL, AnonymizeOptions, FaceOutcome, anonymize_photos, detect_faces, make_replacer
-from .redaction import ACTIONS
+from ..replacers.base import ACTIONS
 
 
 @dataclass(frozen=True)

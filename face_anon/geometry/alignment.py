@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from .detection import FaceDetector
+    from ..detection import FaceDetector
 
 # Mirror image of the five landmarks: left and right eyes and mouth corners trade places.
 _MIRRORED = [1, 0, 2, 4, 3]

@@ -1,0 +1,1 @@
+"""What people run: the ``face-anon`` command line."""

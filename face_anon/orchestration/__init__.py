@@ -1,0 +1,1 @@
+"""Putting the stages together: one photo, and batches of files."""

@@ -1,0 +1,127 @@
+"""The diffusion model as a face replacer, and loading it once on the device and in the dtype asked for."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import PIL.Image
+
+from .base import ACTIONS
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``."""
+    import torch
+
+    if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"device: got {device!r}, expected auto, cpu, cuda, cuda:N or mps ({error})") from error
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
+    """``auto`` -> float16 on a GPU, float32 on the CPU (half precision is slow or missing there)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: got {dtype!r}, expected one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.float16
+    return getattr(torch, dtype)
+
+
+def load_pipeline(model: str | None = None, device: str = "auto", dtype: str = "auto") -> Any:
+    """The face model as a ``FaceAnonPipeline``, ready to call.
+
+    Args:
+        model: a converted repository id or folder (``DiffusionPipeline.from_pretrained`` with the
+            pipeline's remote code), or None to assemble the authors' published weights
+            (``FaceAnonPipeline.from_original``: face model, Stable Diffusion 2.1 VAE/scheduler, CLIP).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+    """
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if model is None:
+        from pipeline_face_anon import FaceAnonPipeline
+
+        pipeline = FaceAnonPipeline.from_original(torch_dtype=torch_dtype)  # the authors' three repositories
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipeline = DiffusionPipeline.from_pretrained(model, trust_remote_code=True, dtype=torch_dtype)
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)  # the command line shows one bar over photos instead
+    return pipeline
+
+
+class DiffusionAnonymizer:
+    """The face model as a replacer: one pipeline call per batch, one seeded generator per face.
+
+    Each face gets ``torch.Generator().manual_seed(seed)`` with its own seed, and the pipeline
+    treats a batch like the same images run one by one, so results do not depend on the batch size.
+    A result that is one flat colour (what NaNs in half precision decode to) counts as a failure.
+
+    Args:
+        pipeline: a loaded ``FaceAnonPipeline`` (or anything called the same way).
+        degree: ``anonymization_degree``; 0 would keep the identity, the authors use 1.25.
+        steps: denoising steps (the authors use 25 for whole photos).
+        guidance: classifier-free guidance scale.
+        crop_size: side of the crops; default the pipeline's own image size (512 for the published model).
+    """
+
+    action = ACTIONS["anonymize"]
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        degree: float = 1.25,
+        steps: int = 25,
+        guidance: float = 4.0,
+        crop_size: int | None = None,
+    ) -> None:
+        if pipeline is None:
+            raise ValueError("pipeline: got None, expected a loaded FaceAnonPipeline for mode 'anonymize'")
+        if crop_size is None:
+            crop_size = int(pipeline.default_image_size)
+        self.pipeline = pipeline
+        self.degree = float(degree)
+        self.steps = int(steps)
+        self.guidance = float(guidance)
+        self.crop_size = int(crop_size)
+
+    def __call__(self, crops: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray | None]:
+        import torch
+
+        images = [PIL.Image.fromarray(crop) for crop in crops]
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        output = self.pipeline(
+            image=images,
+            anonymization_degree=self.degree,
+            guidance_scale=self.guidance,
+            num_inference_steps=self.steps,
+            height=self.crop_size,
+            width=self.crop_size,
+            generator=generators,
+            output_type="pil",
+        )
+        results: list[np.ndarray | None] = []
+        for image in output.images:
+            if image.size != (self.crop_size, self.crop_size):
+                image = image.resize((self.crop_size, self.crop_size), PIL.Image.LANCZOS)
+            array = np.asarray(image.convert("RGB"))
+            results.append(None if float(array.std()) < 1.0 else array)
+        if len(results) != len(crops):
+            raise RuntimeError(f"the pipeline returned {len(results)} images for {len(crops)} faces")
+        return results
