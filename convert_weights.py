@@ -427,7 +427,9 @@ def check_tensors(
                         f"expected {wanted} {tuple(original.shape)}."
                     )
                 if not torch.equal(copy, original.to(wanted)):
-                    raise ConversionError(f"{where}: tensor {key!r} does not hold the source's values (cast to {wanted}).")
+                    raise ConversionError(
+                        f"{where}: tensor {key!r} does not hold the source's values (cast to {wanted})."
+                    )
 
 
 def _tensor_locations(files: list[Path], prefix: str) -> dict[str, Path]:
@@ -566,8 +568,15 @@ def verify_repository(
     )
     expected = _short_run(original, device, steps, size)
     max_abs_diff = float((converted - expected).abs().max())
-    report = {"steps": steps, "size": size, "device": device, "dtype": _dtype_name(dtype), "atol": atol,
-              "max_abs_diff": max_abs_diff, "output_std": float(expected.std())}
+    report = {
+        "steps": steps,
+        "size": size,
+        "device": device,
+        "dtype": _dtype_name(dtype),
+        "atol": atol,
+        "max_abs_diff": max_abs_diff,
+        "output_std": float(expected.std()),
+    }
     if not max_abs_diff <= atol:  # also catches NaN
         raise ConversionError(
             f"a {steps}-step run at {size} px differs from the sources' by up to {max_abs_diff:.3g} "
@@ -634,7 +643,7 @@ The model of *{PAPER}* as one self-contained [diffusers](https://github.com/hugg
 the authors' fine-tuned UNet and two ReferenceNets, Stable Diffusion 2.1's VAE and scheduler, and CLIP ViT-L/14's
 vision tower, with the pipeline's code (`pipeline_face_anon.py`, `modeling_referencenet.py`). It anonymizes a face
 (new identity; pose, expression, gaze, lighting and background kept) or swaps another face's identity in.
-Weights are stored as {dtype_name}{f' (variant `{result.variant}`)' if result.variant else ''}, in safetensors only.
+Weights are stored as {dtype_name}{f" (variant `{result.variant}`)" if result.variant else ""}, in safetensors only.
 
 ## Usage
 
@@ -667,26 +676,26 @@ The published model was trained on 512 x 512 images, while the authors' configs 
 factor, so the converter writes the trained resolution: `sample_size` 64 (512 px) for SD 2.1's architecture, unless
 told otherwise (`--sample-size`). Here the source's `unet/config.json` says {source_sample_size} and this
 repository's UNet and ReferenceNet configs say {written_sample_size}: calls without `height`/`width` make
-{written_sample_size * vae_scale_factor if written_sample_size else '?'} x {written_sample_size * vae_scale_factor if written_sample_size else '?'} px images.
+{written_sample_size * vae_scale_factor if written_sample_size else "?"} x {written_sample_size * vae_scale_factor if written_sample_size else "?"} px images.
 
 ## Components
 
 | folder | class | from |
 |---|---|---|
-| `unet/` | diffusers `UNet2DConditionModel` | `{sources['face_model'].hub_id}` `unet/` |
-| `referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources['face_model'].hub_id}` `referencenet/` |
-| `conditioning_referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources['face_model'].hub_id}` `conditioning_referencenet/` |
-| `vae/` | diffusers `AutoencoderKL` | `{sources['sd_model'].hub_id}` `vae/` |
-| `scheduler/` | diffusers `DDPMScheduler` (v-prediction, as the authors load it) | `{sources['sd_model'].hub_id}` `scheduler/` |
-| `image_encoder/` | transformers `CLIPVisionModel` (vision tower only) | `{sources['clip_model'].hub_id}` |
-| `feature_extractor/` | transformers `CLIPImageProcessor` | `{sources['clip_model'].hub_id}` |
+| `unet/` | diffusers `UNet2DConditionModel` | `{sources["face_model"].hub_id}` `unet/` |
+| `referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources["face_model"].hub_id}` `referencenet/` |
+| `conditioning_referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources["face_model"].hub_id}` `conditioning_referencenet/` |
+| `vae/` | diffusers `AutoencoderKL` | `{sources["sd_model"].hub_id}` `vae/` |
+| `scheduler/` | diffusers `DDPMScheduler` (v-prediction, as the authors load it) | `{sources["sd_model"].hub_id}` `scheduler/` |
+| `image_encoder/` | transformers `CLIPVisionModel` (vision tower only) | `{sources["clip_model"].hub_id}` |
+| `feature_extractor/` | transformers `CLIPImageProcessor` | `{sources["clip_model"].hub_id}` |
 
 Parameter names are unchanged from the sources.
 
 ## Provenance
 
 Converted and verified by face-anon's `convert_weights.py` with diffusers {diffusers.__version__}, transformers
-{transformers.__version__} and torch {torch.__version__.split('+')[0]}, from:
+{transformers.__version__} and torch {torch.__version__.split("+")[0]}, from:
 
 | role | source | revision | file | sha256 |
 |---|---|---|---|---|
@@ -694,8 +703,8 @@ Converted and verified by face-anon's `convert_weights.py` with diffusers {diffu
 
 Checks made before this repository was written: every source tensor is present with its shape and values (cast to
 {dtype_name}), nothing else is; and, in a fresh process, this repository loaded with `trust_remote_code=True` gives
-the same {check.get('steps')}-step anonymization ({check.get('size')} px, {check.get('device')}) as the sources loaded
-directly: max abs difference {check.get('max_abs_diff', float('nan')):.3g} (tolerance {check.get('atol', float('nan')):g}).
+the same {check.get("steps")}-step anonymization ({check.get("size")} px, {check.get("device")}) as the sources loaded
+directly: max abs difference {check.get("max_abs_diff", float("nan")):.3g} (tolerance {check.get("atol", float("nan")):g}).
 
 Weight files written:
 
@@ -708,7 +717,7 @@ Weight files written:
 `openrail++` ([CreativeML Open RAIL++-M](https://huggingface.co/stabilityai/stable-diffusion-2/blob/main/LICENSE-MODEL)):
 the UNet and ReferenceNets are fine-tuned from Stable Diffusion 2.1, and its VAE is included, so SD 2.1's licence
 and its use restrictions apply. The CLIP vision tower is MIT-licensed (OpenAI). Check the terms stated at
-[{sources['face_model'].hub_id}](https://huggingface.co/{sources['face_model'].hub_id}) for the fine-tuned weights.
+[{sources["face_model"].hub_id}](https://huggingface.co/{sources["face_model"].hub_id}) for the fine-tuned weights.
 
 ## Citation
 
@@ -722,7 +731,9 @@ and its use restrictions apply. The CLIP vision tower is MIT-licensed (OpenAI). 
     parsed = ModelCard.load(path)
     for key in ("library_name", "pipeline_tag", "license", "base_model", "tags"):
         if getattr(parsed.data, key) != getattr(card_data, key):
-            raise ConversionError(f"the model card's metadata does not parse back: {key}={getattr(parsed.data, key)!r}.")
+            raise ConversionError(
+                f"the model card's metadata does not parse back: {key}={getattr(parsed.data, key)!r}."
+            )
     return parsed
 
 
@@ -819,48 +830,80 @@ def build_parser() -> argparse.ArgumentParser:
         "--sd-model", default=DEFAULT_SD_MODEL, help="Stable Diffusion 2.1: vae/ and scheduler/ (default: %(default)s)"
     )
     sources.add_argument("--sd-model-revision", help="branch, tag or commit of --sd-model (Hub only)")
-    sources.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
-                         help="CLIP checkpoint (full CLIPModel or vision tower) with its image processor; only the vision "
-                              "tower is written (default: %(default)s)")
+    sources.add_argument(
+        "--clip-model",
+        default=DEFAULT_CLIP_MODEL,
+        help="CLIP checkpoint (full CLIPModel or vision tower) with its image processor; only the vision "
+        "tower is written (default: %(default)s)",
+    )
     sources.add_argument("--clip-model-revision", help="branch, tag or commit of --clip-model (Hub only)")
     sources.add_argument("--cache-dir", help="Hugging Face cache folder for downloads (default: the usual one)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", type=Path,
-                        help="folder to create (required unless --verify-only); written to a temporary folder beside "
-                             "it and renamed only once verified")
-    output.add_argument("--dtype", choices=sorted(DTYPES),
-                        help="dtype of the written weights (default: float16 with --variant fp16, bfloat16 with "
-                             "--variant bf16, else float32)")
-    output.add_argument("--variant",
-                        help="diffusers variant name of the weight files, e.g. fp16 writes "
-                             "diffusion_pytorch_model.fp16.safetensors; load with variant='fp16'")
-    output.add_argument("--sample-size", type=int,
-                        help="sample_size (in latents; x8 = default image size) written into the UNet and "
-                             "ReferenceNet configs (default: 64, i.e. 512 px, the trained resolution, for SD 2.1's "
-                             "architecture; the source's value for others)")
-    output.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --output-dir (a previous conversion), once the new one is verified")
+    output.add_argument(
+        "--output-dir",
+        type=Path,
+        help="folder to create (required unless --verify-only); written to a temporary folder beside "
+        "it and renamed only once verified",
+    )
+    output.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="dtype of the written weights (default: float16 with --variant fp16, bfloat16 with "
+        "--variant bf16, else float32)",
+    )
+    output.add_argument(
+        "--variant",
+        help="diffusers variant name of the weight files, e.g. fp16 writes "
+        "diffusion_pytorch_model.fp16.safetensors; load with variant='fp16'",
+    )
+    output.add_argument(
+        "--sample-size",
+        type=int,
+        help="sample_size (in latents; x8 = default image size) written into the UNet and "
+        "ReferenceNet configs (default: 64, i.e. 512 px, the trained resolution, for SD 2.1's "
+        "architecture; the source's value for others)",
+    )
+    output.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output-dir (a previous conversion), once the new one is verified",
+    )
 
     verify = parser.add_argument_group("verification")
     verify.add_argument("--device", help="device of the verification run (default: cuda if available, else cpu)")
     verify.add_argument(
         "--verify-steps", type=int, default=2, help="DDPM steps of the verification run (default: %(default)s)"
     )
-    verify.add_argument("--verify-size", type=int,
-                        help="image size in pixels of the verification run (default: the model's, at most 128)")
-    verify.add_argument("--verify-atol", type=float,
-                        help="largest allowed difference of the verification outputs in [0, 1] (default: 1e-5 for "
-                             "float32, 1e-3 for float16, 1e-2 for bfloat16)")
-    verify.add_argument("--verify-only", type=Path, metavar="DIR",
-                        help="convert nothing: check the converted repository DIR against the sources, in this "
-                             "process (what the conversion runs in a fresh process)")
-    verify.add_argument("--verify-report", type=Path, metavar="FILE", help="with --verify-only: write the result as JSON")
+    verify.add_argument(
+        "--verify-size",
+        type=int,
+        help="image size in pixels of the verification run (default: the model's, at most 128)",
+    )
+    verify.add_argument(
+        "--verify-atol",
+        type=float,
+        help="largest allowed difference of the verification outputs in [0, 1] (default: 1e-5 for "
+        "float32, 1e-3 for float16, 1e-2 for bfloat16)",
+    )
+    verify.add_argument(
+        "--verify-only",
+        type=Path,
+        metavar="DIR",
+        help="convert nothing: check the converted repository DIR against the sources, in this "
+        "process (what the conversion runs in a fresh process)",
+    )
+    verify.add_argument(
+        "--verify-report", type=Path, metavar="FILE", help="with --verify-only: write the result as JSON"
+    )
 
     hub = parser.add_argument_group("upload (after a successful verification)")
-    hub.add_argument("--push-to-hub", metavar="USER/REPO",
-                     help="upload the verified folder to this Hub model repository (created if missing; token from "
-                          "HF_TOKEN or `hf auth login`)")
+    hub.add_argument(
+        "--push-to-hub",
+        metavar="USER/REPO",
+        help="upload the verified folder to this Hub model repository (created if missing; token from "
+        "HF_TOKEN or `hf auth login`)",
+    )
     hub.add_argument("--private", action="store_true", help="create the Hub repository as private")
     hub.add_argument("--commit-message", help="commit message of the upload")
     return parser
@@ -899,9 +942,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify_only is not None:
         try:
             report = verify_repository(
-                args.verify_only, args.face_model, args.sd_model, args.clip_model, **revisions, dtype=dtype,
-                variant=args.variant, sample_size=args.sample_size, device=args.device, steps=args.verify_steps,
-                size=args.verify_size, atol=args.verify_atol, **hub_kwargs,
+                args.verify_only,
+                args.face_model,
+                args.sd_model,
+                args.clip_model,
+                **revisions,
+                dtype=dtype,
+                variant=args.variant,
+                sample_size=args.sample_size,
+                device=args.device,
+                steps=args.verify_steps,
+                size=args.verify_size,
+                atol=args.verify_atol,
+                **hub_kwargs,
             )
             status = 0
         except (ConversionError, OSError, ValueError) as error:
@@ -910,27 +963,49 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify_report is not None:
             args.verify_report.write_text(json.dumps(report, indent=2))
         if status == 0:
-            logger.info("verified %s: max abs difference %.3g (tolerance %g)", args.verify_only,
-                        report["max_abs_diff"], report["atol"])
+            logger.info(
+                "verified %s: max abs difference %.3g (tolerance %g)",
+                args.verify_only,
+                report["max_abs_diff"],
+                report["atol"],
+            )
         return status
 
     try:
         result = convert(
-            args.output_dir, args.face_model, args.sd_model, args.clip_model, **revisions, dtype=dtype,
-            variant=args.variant, sample_size=args.sample_size, overwrite=args.overwrite, repo_id=args.push_to_hub,
-            device=args.device, verify_steps=args.verify_steps, verify_size=args.verify_size,
-            verify_atol=args.verify_atol, **hub_kwargs,
+            args.output_dir,
+            args.face_model,
+            args.sd_model,
+            args.clip_model,
+            **revisions,
+            dtype=dtype,
+            variant=args.variant,
+            sample_size=args.sample_size,
+            overwrite=args.overwrite,
+            repo_id=args.push_to_hub,
+            device=args.device,
+            verify_steps=args.verify_steps,
+            verify_size=args.verify_size,
+            verify_atol=args.verify_atol,
+            **hub_kwargs,
         )
     except ConversionError as error:
         print(f"convert_weights: error: {error}", file=sys.stderr)
         return 1
     if args.push_to_hub:
         try:
-            commit = push_to_hub(result.output_dir, args.push_to_hub, result.files, private=args.private or None,
-                                 commit_message=args.commit_message)
+            commit = push_to_hub(
+                result.output_dir,
+                args.push_to_hub,
+                result.files,
+                private=args.private or None,
+                commit_message=args.commit_message,
+            )
         except Exception as error:  # network, authentication, permissions: the verified folder stays for a retry
-            print(f"convert_weights: error: uploading {result.output_dir} to {args.push_to_hub} failed: {error}",
-                  file=sys.stderr)
+            print(
+                f"convert_weights: error: uploading {result.output_dir} to {args.push_to_hub} failed: {error}",
+                file=sys.stderr,
+            )
             return 1
         url = getattr(commit, "commit_url", commit)
         logger.info("uploaded %d files to %s: %s", len(result.files), args.push_to_hub, url)

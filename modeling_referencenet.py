@@ -106,7 +106,8 @@ class ReferenceNetModel(UNet2DConditionModel):
         wanted = {f"{layer}.attn1.processor": layer for layer in self.state_layer_names}
         if not all(isinstance(processors[name], ReferenceStateRecorder) for name in wanted):
             processors = {
-                name: ReferenceStateRecorder() if name in wanted else processor for name, processor in processors.items()
+                name: ReferenceStateRecorder() if name in wanted else processor
+                for name, processor in processors.items()
             }
             self.set_attn_processor(processors)
             processors = self.attn_processors
@@ -196,7 +197,9 @@ class ReferenceAttnProcessor:
                 )
             self._project_reference_states(attn)
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
-            raise ValueError("ReferenceAttnProcessor only handles unmasked self-attention on [batch, tokens, channels].")
+            raise ValueError(
+                "ReferenceAttnProcessor only handles unmasked self-attention on [batch, tokens, channels]."
+            )
 
         residual = hidden_states
         query = self._split_heads(attn, attn.to_q(hidden_states))

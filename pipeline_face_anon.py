@@ -9,7 +9,8 @@ import math
 import os
 import shutil
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -197,7 +198,9 @@ class FaceAnonPipeline(DiffusionPipeline):
             processors = self.unet.attn_processors
         return {name: processors[name] for name in paired}
 
-    def set_reference_states(self, reference_states: dict[str, torch.Tensor] | None) -> dict[str, ReferenceAttnProcessor]:
+    def set_reference_states(
+        self, reference_states: dict[str, torch.Tensor] | None
+    ) -> dict[str, ReferenceAttnProcessor]:
         """Hands every UNet self-attention the `[source ; driving]` tokens of its ReferenceNet layer for the following
         UNet calls (`None` releases them); returns the processors by UNet layer name.
 
@@ -289,7 +292,11 @@ class FaceAnonPipeline(DiffusionPipeline):
 
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, int)
+            or num_images_per_prompt < 1
+        ):
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
 
         for name, value in (("height", height), ("width", width)):
@@ -310,7 +317,12 @@ class FaceAnonPipeline(DiffusionPipeline):
             raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}.")
 
         if latents is not None:
-            expected = (total, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            expected = (
+                total,
+                self.unet.config.in_channels,
+                height // self.vae_scale_factor,
+                width // self.vae_scale_factor,
+            )
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"`latents` must be a tensor of shape {expected}, got {got}.")
@@ -350,7 +362,12 @@ class FaceAnonPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Initial noise: `latents` if given, else drawn from `generator`, scaled by the scheduler's sigma."""
-        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            batch_size,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
@@ -427,7 +444,9 @@ class FaceAnonPipeline(DiffusionPipeline):
             return {"generator": generator}
         return {}
 
-    def decode_latents(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
+    def decode_latents(
+        self, latents: torch.Tensor, output_type: str
+    ) -> torch.Tensor | np.ndarray | list[PIL.Image.Image]:
         if output_type == "latent":
             return latents
         image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
@@ -451,7 +470,10 @@ class FaceAnonPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         conditioning_image: PipelineImageInput | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -515,7 +537,9 @@ class FaceAnonPipeline(DiffusionPipeline):
             warnings.warn("`conditioning_image` is deprecated; pass the face as `image`.", FutureWarning, stacklevel=2)
             image = conditioning_image
             if source_image is not None and anonymization_degree > 0:
-                logger.warning("`source_image` is ignored when anonymization_degree > 0, as in the reference implementation.")
+                logger.warning(
+                    "`source_image` is ignored when anonymization_degree > 0, as in the reference implementation."
+                )
                 source_image = None
 
         # 1. Check inputs
@@ -562,7 +586,9 @@ class FaceAnonPipeline(DiffusionPipeline):
         if source_image is not None:
             source_images = self.preprocess_image(source_image, height, width, "source_image")
             source_embeds = self.encode_image(source_images, num_images_per_prompt, device).to(dtype)
-            source_latents = self.prepare_image_latents(source_images, num_images_per_prompt, device, generator).to(dtype)
+            source_latents = self.prepare_image_latents(source_images, num_images_per_prompt, device, generator).to(
+                dtype
+            )
         elif not self.do_anonymization:  # degree 0 without a source: the face keeps its own identity
             source_embeds, source_latents = driving_embeds, driving_latents
 
@@ -583,7 +609,9 @@ class FaceAnonPipeline(DiffusionPipeline):
                     latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                     latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                     noise_pred = self.unet(
-                        latent_model_input, unet_timesteps[i], encoder_hidden_states=encoder_hidden_states,
+                        latent_model_input,
+                        unet_timesteps[i],
+                        encoder_hidden_states=encoder_hidden_states,
                         return_dict=False,
                     )[0]
                     if self.do_classifier_free_guidance:
@@ -689,7 +717,9 @@ class FaceAnonPipeline(DiffusionPipeline):
 
         face_configs = {}
         for name in ("unet", *_REFERENCENETS):
-            face_configs[name] = cls._original_config(UNet2DConditionModel.load_config, "face_model", face_model, name, face)
+            face_configs[name] = cls._original_config(
+                UNet2DConditionModel.load_config, "face_model", face_model, name, face
+            )
             cls._require_safetensors("face_model", face_model, name)
         vae_config = cls._original_config(AutoencoderKL.load_config, "sd_model", sd_model, "vae", sd)
         cls._require_safetensors("sd_model", sd_model, "vae")
@@ -728,19 +758,30 @@ class FaceAnonPipeline(DiffusionPipeline):
 
         loaders = {
             "scheduler": loader(
-                "sd_model", sd_model, "`scheduler/`", lambda: DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd)
+                "sd_model",
+                sd_model,
+                "`scheduler/`",
+                lambda: DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd),
             ),
             "feature_extractor": loader(
-                "clip_model", clip_model, "its image processor", lambda: CLIPImageProcessorPil.from_pretrained(clip_model, **clip)
+                "clip_model",
+                clip_model,
+                "its image processor",
+                lambda: CLIPImageProcessorPil.from_pretrained(clip_model, **clip),
             ),
             "vae": loader(
                 "sd_model",
                 sd_model,
                 "`vae/`",
-                lambda: AutoencoderKL.from_pretrained(sd_model, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype, **sd),
+                lambda: AutoencoderKL.from_pretrained(
+                    sd_model, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype, **sd
+                ),
             ),
             "image_encoder": loader(
-                "clip_model", clip_model, "its vision tower", lambda: cls._load_clip_vision_tower(clip_model, torch_dtype, clip)
+                "clip_model",
+                clip_model,
+                "its vision tower",
+                lambda: cls._load_clip_vision_tower(clip_model, torch_dtype, clip),
             ),
         }
         for name in (*_REFERENCENETS, "unet"):
@@ -749,7 +790,9 @@ class FaceAnonPipeline(DiffusionPipeline):
                 "face_model",
                 face_model,
                 f"`{name}/`",
-                lambda model_class=model_class, name=name: model_class.from_pretrained(face_model, subfolder=name, **face_weights),
+                lambda model_class=model_class, name=name: model_class.from_pretrained(
+                    face_model, subfolder=name, **face_weights
+                ),
             )
         return loaders
 
@@ -762,7 +805,9 @@ class FaceAnonPipeline(DiffusionPipeline):
         return unet_config.get("sample_size")
 
     @staticmethod
-    def _original_config(load: Callable[..., Any], role: str, source: str, subfolder: str | None, hub_kwargs: dict) -> Any:
+    def _original_config(
+        load: Callable[..., Any], role: str, source: str, subfolder: str | None, hub_kwargs: dict
+    ) -> Any:
         """A source component's config, or an error naming the source and the missing component."""
         try:
             if subfolder is None:
@@ -786,7 +831,11 @@ class FaceAnonPipeline(DiffusionPipeline):
         if any(name.endswith(".safetensors") for name in names):
             return
         pickles = [name for name in names if name.endswith((".bin", ".ckpt", ".pt", ".pth", ".pkl"))]
-        what = f"only pickled weights ({', '.join(pickles)}), which are refused (never unpickled)" if pickles else "no weights"
+        what = (
+            f"only pickled weights ({', '.join(pickles)}), which are refused (never unpickled)"
+            if pickles
+            else "no weights"
+        )
         raise OSError(
             f"{role} {source!r}: `{subfolder or '.'}/` holds {what}; expected `*.safetensors` weights. "
             "Convert trusted pickles to safetensors first."
@@ -858,14 +907,18 @@ class FaceAnonPipeline(DiffusionPipeline):
         diffusers looks for it) and names the classes by those files in `model_index.json`.
         `push_to_hub=True` uploads the completed folder.
         """
-        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs}
+        hub_kwargs = {
+            k: kwargs.pop(k) for k in ("commit_message", "private", "create_pr", "token", "repo_id") if k in kwargs
+        }
         super().save_pretrained(save_directory, *args, push_to_hub=False, **kwargs)
         write_hub_code(save_directory)
         if push_to_hub:
             from huggingface_hub import create_repo
 
             repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            repo_id = create_repo(repo_id, exist_ok=True, private=hub_kwargs.pop("private", None), token=hub_kwargs.get("token")).repo_id
+            repo_id = create_repo(
+                repo_id, exist_ok=True, private=hub_kwargs.pop("private", None), token=hub_kwargs.get("token")
+            ).repo_id
             self._upload_folder(save_directory, repo_id, **hub_kwargs)
 
 

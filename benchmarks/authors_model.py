@@ -14,7 +14,8 @@ guidance), the way the reference implementation spends its time:
 - the scheduler's timesteps live on the device, as in diffusers' Stable Diffusion pipelines of the time.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,8 @@ def authors_pipeline(
     source_latents, source_embeds = driving_latents, (1 - degree) * driving_embeds
     # Both ReferenceNets at the doubled batch.
     source_states = pipe.referencenet(
-        torch.cat([torch.zeros_like(source_latents), source_latents]), 0,
+        torch.cat([torch.zeros_like(source_latents), source_latents]),
+        0,
         torch.cat([torch.zeros_like(source_embeds), source_embeds]),
     ).states
     source_states = {

@@ -42,10 +42,10 @@ sys.path.insert(0, str(_HERE))
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import torch  # noqa: E402
+from authors_model import ConcatenatedReferenceAttnProcessor, authors_pipeline, install_concatenated_processors  # noqa: E402
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel  # noqa: E402
 
-from authors_model import ConcatenatedReferenceAttnProcessor, authors_pipeline, install_concatenated_processors  # noqa: E402
 from modeling_referencenet import ReferenceAttnProcessor, ReferenceNetModel, reference_layer_name  # noqa: E402
 from pipeline_face_anon import FaceAnonPipeline  # noqa: E402
 
@@ -53,40 +53,89 @@ from pipeline_face_anon import FaceAnonPipeline  # noqa: E402
 # ----------------------------------------------------------------------------------------------- model sizes
 
 _SD21_UNET = dict(  # stabilityai/stable-diffusion-2-1 unet/config.json (the face model's three nets share it)
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-    use_linear_projection=True, upcast_attention=True, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+    block_out_channels=(320, 640, 1280, 1280),
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    upcast_attention=True,
+    norm_num_groups=32,
+    flip_sin_to_cos=True,
+    freq_shift=0,
 )
 _SD21_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=768,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    sample_size=768,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    scaling_factor=0.18215,
 )
 _CLIP_L14 = dict(  # openai/clip-vit-large-patch14, vision tower
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-    patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
 )
 _TINY_UNET = dict(  # the reference fixture's face nets (tests/fixtures/reference_tiny/manifest.json)
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(16, 32, 32), attention_head_dim=(1, 2, 2), cross_attention_dim=32,
-    use_linear_projection=True, upcast_attention=True, norm_num_groups=8,
+    block_out_channels=(16, 32, 32),
+    attention_head_dim=(1, 2, 2),
+    cross_attention_dim=32,
+    use_linear_projection=True,
+    upcast_attention=True,
+    norm_num_groups=8,
 )
 _TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=32,
-    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    block_out_channels=(16, 32), scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=32,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    block_out_channels=(16, 32),
+    scaling_factor=0.18215,
 )
 _TINY_CLIP = dict(
-    hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=4,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=4,
     projection_dim=16,
 )
 _SD21_SCHEDULER = dict(  # SD 2.1's scheduler config, loaded as DDPMScheduler as the authors do
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction", timestep_spacing="leading",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="v_prediction",
+    timestep_spacing="leading",
 )
 
 PRESETS = {
@@ -170,7 +219,8 @@ def state_shapes(pipe: FaceAnonPipeline, size: int) -> dict[str, tuple[int, int]
     device, dtype = pipe._execution_device, pipe.unet.dtype
     with torch.no_grad():
         states = pipe.referencenet(
-            torch.zeros(1, 4, latent, latent, device=device, dtype=dtype), 0,
+            torch.zeros(1, 4, latent, latent, device=device, dtype=dtype),
+            0,
             torch.zeros(1, 1, pipe.unet.config.cross_attention_dim, device=device, dtype=dtype),
         ).states
     return {layer: tuple(state.shape[1:]) for layer, state in states.items()}
@@ -250,12 +300,16 @@ def time_unet_steps(pipe, inputs, variants: dict, warmup: int, rounds: int, repe
 def install_ours_on(unet, states: dict) -> None:
     """Our processors, holding `states`, on a UNet outside the pipeline (a copy in another dtype or device)."""
     unet.set_attn_processor(
-        {name: ReferenceAttnProcessor(reference_layer_name(name)) if reference_layer_name(name) else processor
-         for name, processor in unet.attn_processors.items()}
+        {
+            name: ReferenceAttnProcessor(reference_layer_name(name)) if reference_layer_name(name) else processor
+            for name, processor in unet.attn_processors.items()
+        }
     )
     for name, processor in unet.attn_processors.items():
         if isinstance(processor, ReferenceAttnProcessor):
-            processor.set_reference_states(states[processor.reference_layer], unet.get_submodule(name[: -len(".processor")]))
+            processor.set_reference_states(
+                states[processor.reference_layer], unet.get_submodule(name[: -len(".processor")])
+            )
 
 
 def step_flops(pipe, size: int, shapes: dict) -> dict:
@@ -347,16 +401,31 @@ def check_attention_equivalence(pipe: FaceAnonPipeline, size: int, shapes: dict,
 def run_ours(pipe, faces, args, generator_seed=0, **kwargs):
     generator = torch.Generator(pipe._execution_device).manual_seed(generator_seed)
     return pipe(
-        faces, anonymization_degree=1.25, guidance_scale=4.0, num_inference_steps=kwargs.pop("steps", args.steps),
-        height=args.size, width=args.size, generator=generator, output_type=kwargs.pop("output_type", "np"), **kwargs,
+        faces,
+        anonymization_degree=1.25,
+        guidance_scale=4.0,
+        num_inference_steps=kwargs.pop("steps", args.steps),
+        height=args.size,
+        width=args.size,
+        generator=generator,
+        output_type=kwargs.pop("output_type", "np"),
+        **kwargs,
     ).images
 
 
 def run_authors(pipe, faces, args, generator_seed=0, **kwargs):
     generator = torch.Generator(pipe._execution_device).manual_seed(generator_seed)
     return authors_pipeline(
-        pipe, faces, anonymization_degree=1.25, guidance_scale=4.0, num_inference_steps=kwargs.pop("steps", args.steps),
-        height=args.size, width=args.size, generator=generator, output_type="np", **kwargs,
+        pipe,
+        faces,
+        anonymization_degree=1.25,
+        guidance_scale=4.0,
+        num_inference_steps=kwargs.pop("steps", args.steps),
+        height=args.size,
+        width=args.size,
+        generator=generator,
+        output_type="np",
+        **kwargs,
     )
 
 
@@ -438,6 +507,7 @@ def stage_breakdown(pipe, count: int, args) -> dict:
             seconds, result = wall_time(lambda: method(*a, **k), device)
             totals[name] += seconds
             return result
+
         return wrapper
 
     faces = make_faces(count, args.size)
@@ -518,7 +588,9 @@ def eager_variants(pipe, args, shapes, count: int) -> dict:
                 install_ours(pipe, inputs["states"])
                 output = unet_step(pipe, inputs).float()
                 release(pipe)
-            timing = time_unet_steps(pipe, inputs, {name: install_ours}, args.warmup, args.rounds, args.repeats, context)
+            timing = time_unet_steps(
+                pipe, inputs, {name: install_ours}, args.warmup, args.rounds, args.repeats, context
+            )
             results[name] = dict(timing[name], relative_difference=relative_error(output, default_output))
         except Exception as error:  # a backend this card or build lacks
             results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -548,7 +620,9 @@ def compiled_run(pipe, args, shapes, count: int) -> dict:
             "max_abs_diff_vs_eager": float(np.abs(compiled - eager).max()),
         }
         inputs = step_inputs(pipe, count, args.size, shapes)
-        result["step"] = time_unet_steps(pipe, inputs, {"ours": install_ours}, args.warmup, args.rounds, args.repeats)["ours"]
+        result["step"] = time_unet_steps(pipe, inputs, {"ours": install_ours}, args.warmup, args.rounds, args.repeats)[
+            "ours"
+        ]
         del inputs
         result["end_to_end"] = time_end_to_end(pipe, {"ours": run_ours}, count, args)["ours"]
         result["graphs_compiled"] = counters["stats"]["unique_graphs"] - graphs_before
@@ -589,35 +663,47 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
 
 def print_table(results: dict) -> None:
     env = results["environment"]
-    print(f"\n{env['device']} | {env['dtype']} | {results['config']['size']} px | {results['config']['steps']} steps | "
-          f"torch {env['torch']} | diffusers {env['diffusers']}")
+    print(
+        f"\n{env['device']} | {env['dtype']} | {results['config']['size']} px | {results['config']['steps']} steps | "
+        f"torch {env['torch']} | diffusers {env['diffusers']}"
+    )
     eq = results.get("attention_equivalence")
     if eq:
-        print(f"attention: ours vs exact {eq['ours_vs_exact']:.2e}, reference vs exact {eq['reference_vs_exact']:.2e}, "
-              f"ours vs reference {eq['ours_vs_reference']:.2e} -> {'same function' if eq['passed'] else 'DIFFERENT'}")
+        print(
+            f"attention: ours vs exact {eq['ours_vs_exact']:.2e}, reference vs exact {eq['reference_vs_exact']:.2e}, "
+            f"ours vs reference {eq['ours_vs_reference']:.2e} -> {'same function' if eq['passed'] else 'DIFFERENT'}"
+        )
     flops = results.get("flops_per_face_step")
     if flops:
-        print(f"UNet step, one face with guidance: reference {flops['reference'] / 1e9:.1f} GFLOP, "
-              f"ours {flops['ours'] / 1e9:.1f} GFLOP; matrix-product ceiling {results.get('matmul_tflops', 0):.0f} TFLOP/s")
+        print(
+            f"UNet step, one face with guidance: reference {flops['reference'] / 1e9:.1f} GFLOP, "
+            f"ours {flops['ours'] / 1e9:.1f} GFLOP; matrix-product ceiling {results.get('matmul_tflops', 0):.0f} TFLOP/s"
+        )
     steps = results.get("unet_step", {})
     e2e = {r["faces"]: r for r in results.get("end_to_end", {}).get("ours", [])}
     authors = {r["faces"]: r for r in results.get("end_to_end", {}).get("authors_model", [])}
-    print("| faces | UNet step, reference attention (ms) | UNet step, ours (ms) | ratio | "
-          "authors' model s/face | ours s/face | ours faces/s | ours peak GB |")
+    print(
+        "| faces | UNet step, reference attention (ms) | UNet step, ours (ms) | ratio | "
+        "authors' model s/face | ours s/face | ours faces/s | ours peak GB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, step in steps.items():
         faces = step["faces"]
         ours, a = e2e.get(faces), authors.get(faces)
         peak = ours and ours["peak_memory_gb"]
-        print(f"| {faces} | {step['reference']['ms']:.1f} | {step['ours']['ms']:.1f} | {step['ratio']:.2f} | "
-              f"{a['seconds_per_face'] if a else float('nan'):.3f} | {ours['seconds_per_face'] if ours else float('nan'):.3f} | "
-              f"{ours['faces_per_second'] if ours else float('nan'):.2f} | {peak if peak else float('nan'):.1f} |")
+        print(
+            f"| {faces} | {step['reference']['ms']:.1f} | {step['ours']['ms']:.1f} | {step['ratio']:.2f} | "
+            f"{a['seconds_per_face'] if a else float('nan'):.3f} | {ours['seconds_per_face'] if ours else float('nan'):.3f} | "
+            f"{ours['faces_per_second'] if ours else float('nan'):.2f} | {peak if peak else float('nan'):.1f} |"
+        )
     compiled = results.get("compiled")
     if compiled and "step" in compiled:
         c = compiled
-        print(f"compiled ({c['faces']} faces): step {c['step']['ms']:.1f} ms, "
-              f"{c['end_to_end']['faces_per_second']:.2f} faces/s, first call {c['first_call_seconds']:.0f} s, "
-              f"graphs {c['graphs_compiled']}, max |compiled - eager| {c['max_abs_diff_vs_eager']:.1e}")
+        print(
+            f"compiled ({c['faces']} faces): step {c['step']['ms']:.1f} ms, "
+            f"{c['end_to_end']['faces_per_second']:.2f} faces/s, first call {c['first_call_seconds']:.0f} s, "
+            f"graphs {c['graphs_compiled']}, max |compiled - eager| {c['max_abs_diff_vs_eager']:.1e}"
+        )
     for name in ("loop_syncs", "stage_breakdown", "vae_decode", "eager_variants", "errors"):
         if results.get(name):
             print(f"{name}: {json.dumps(results[name])[:600]}")
@@ -625,13 +711,19 @@ def print_table(results: dict) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="tiny nets at 128 px for 2 CPU cores (default: SD 2.1 sizes)")
+    parser.add_argument(
+        "--small", action="store_true", help="tiny nets at 128 px for 2 CPU cores (default: SD 2.1 sizes)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="toy sizes, 2 steps: check every code path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA, else float32")
+    parser.add_argument(
+        "--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on CUDA, else float32"
+    )
     parser.add_argument("--faces", type=int, nargs="+", help="faces per call (default: the preset's)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
-    parser.add_argument("--authors-faces", type=int, nargs="*", help="face counts for the authors' model (default: all)")
+    parser.add_argument(
+        "--authors-faces", type=int, nargs="*", help="face counts for the authors' model (default: all)"
+    )
     parser.add_argument("--compile", action="store_true", help="also time the UNet under torch.compile(fullgraph=True)")
     parser.add_argument("--compile-faces", type=int, help="faces for the compiled run (default: the largest)")
     parser.add_argument("--compile-mode", default=None)
@@ -640,7 +732,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--e2e-repeats", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], help="sections to skip: equivalence steps e2e authors syncs breakdown vae variants")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        help="sections to skip: equivalence steps e2e authors syncs breakdown vae variants",
+    )
     parser.add_argument("--json", type=Path, help="write all results here (rewritten after every section)")
     args = parser.parse_args(argv)
 
@@ -654,8 +751,15 @@ def main(argv=None) -> dict:
 
     results = {
         "environment": environment(device, dtype),
-        "config": {"preset": preset_name, "size": args.size, "steps": args.steps, "faces": faces_list,
-                   "anonymization_degree": 1.25, "guidance_scale": 4.0, "scheduler": "DDPMScheduler (SD 2.1 config)"},
+        "config": {
+            "preset": preset_name,
+            "size": args.size,
+            "steps": args.steps,
+            "faces": faces_list,
+            "anonymization_degree": 1.25,
+            "guidance_scale": 4.0,
+            "scheduler": "DDPMScheduler (SD 2.1 config)",
+        },
         "errors": {},
     }
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import PIL.Image
 
-from face_anon.geometry.alignment import ffhq_alignment, transform_points
 from face_anon.detection import CenterFaceDetector
+from face_anon.geometry.alignment import ffhq_alignment, transform_points
 from face_anon.io.images import load_image
 from face_anon.orchestration.photo import AnonymizeOptions, detect_faces
 

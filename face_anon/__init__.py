@@ -11,14 +11,22 @@ model, or blur / pixelate / black) and blend it back with a soft mask::
     result.image, result.faces
 """
 
+from .detection import CenterFaceDetector, Face, FaceDetector, load_detector
 from .geometry.alignment import Alignment, crop_face, ffhq_alignment, refine_landmarks
 from .geometry.blending import face_mask, paste_face
-from .detection import CenterFaceDetector, Face, FaceDetector, load_detector
-from .orchestration.batch import FileJob, FileReport, plan_jobs, process_files
 from .io.images import ImageLoadError, load_image
-from .replacers.diffusion import load_pipeline
-from .orchestration.photo import AnonymizeOptions, FaceOutcome, PhotoResult, anonymize_photo, anonymize_photos, detect_faces
+from .orchestration.batch import FileJob, FileReport, plan_jobs, process_files
+from .orchestration.photo import (
+    AnonymizeOptions,
+    FaceOutcome,
+    PhotoResult,
+    anonymize_photo,
+    anonymize_photos,
+    detect_faces,
+)
 from .replacers import DiffusionAnonymizer, FaceReplacer, Redactor
+from .replacers.diffusion import load_pipeline
+
 
 __all__ = [
     "Alignment",

@@ -4,4 +4,5 @@ import sys
 
 from .apps.cli import main
 
+
 sys.exit(main())

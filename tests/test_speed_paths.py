@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_input
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from conftest import load_input
 from modeling_referencenet import ReferenceAttnProcessor, reference_layer_name
 
 
@@ -168,8 +168,15 @@ def test_denoising_loop_does_not_synchronize(fresh_pipeline):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            pipe(load_input("A"), num_inference_steps=steps, height=SIZE, width=SIZE, output_type="latent",
-                 generator=torch.Generator("cuda").manual_seed(0), callback_on_step_end=watch)
+            pipe(
+                load_input("A"),
+                num_inference_steps=steps,
+                height=SIZE,
+                width=SIZE,
+                output_type="latent",
+                generator=torch.Generator("cuda").manual_seed(0),
+                callback_on_step_end=watch,
+            )
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert not [w for w in caught if "called a synchronizing" in str(w.message)]

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+
 UPSTREAM_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 OUTPUT_NAMES = ("heatmap", "scale", "offset", "landmarks")
 OUTPUT_CHANNELS = (1, 2, 2, 10)

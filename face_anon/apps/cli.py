@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..detection import DETECTOR_NAMES, load_detector
-from ..orchestration.batch import FileReport, plan_jobs, process_files
 from ..io.images import DEFAULT_MAX_PIXELS, write_atomic
-from ..replacers.diffusion import DTYPES, load_pipeline, resolve_device, resolve_dtype
+from ..orchestration.batch import FileReport, plan_jobs, process_files
 from ..orchestration.photo import ON_ERROR_CHOICES, AnonymizeOptions
 from ..replacers.base import MODES
+from ..replacers.diffusion import DTYPES, load_pipeline, resolve_device, resolve_dtype
+
 
 DESCRIPTION = """\
 Anonymize every face in photos with the diffusion model of "Face Anonymization Made Simple"

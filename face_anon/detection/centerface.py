@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
+
 
 # Landmark order used everywhere in this package (image left/right, as seen in the picture).
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")

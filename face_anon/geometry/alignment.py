@@ -16,11 +16,13 @@ Coordinates follow OpenCV: pixel ``i`` has its centre at ``i``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
 
 if TYPE_CHECKING:
     from ..detection import FaceDetector

@@ -15,6 +15,7 @@ import numpy as np
 
 from .alignment import Alignment, transform_points, warp
 
+
 # Where the face lies in an FFHQ-aligned crop, as fractions of its side: an ellipse from forehead to
 # chin and ear to ear, with a soft rim growing outwards. Measured on FFHQ-aligned faces: the eyes sit
 # near y = 0.47, the mouth near 0.72, the chin near 0.82 and the cheeks near x = 0.2 and 0.8.

@@ -18,6 +18,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+
 # Pillow's format names for the extensions we write, and the extensions a folder scan picks up.
 FORMATS_BY_EXTENSION = {
     ".jpg": "JPEG",

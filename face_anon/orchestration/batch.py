@@ -8,9 +8,10 @@ atomically and never over an existing file, so an interrupted run resumes where 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,8 @@ from ..io.images import (
     write_atomic,
 )
 from ..io.jpeg import strip_jpeg
-from .photo import IGNORED_SMALL, AnonymizeOptions, FaceOutcome, anonymize_photos, detect_faces, make_replacer
 from ..replacers.base import ACTIONS
+from .photo import IGNORED_SMALL, AnonymizeOptions, FaceOutcome, anonymize_photos, detect_faces, make_replacer
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,19 @@ faces found out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
 
+from ..detection import Face, FaceDetector
 from ..geometry.alignment import Alignment, crop_face, ffhq_alignment, refine_landmarks
 from ..geometry.blending import FaceRegion, face_mask, face_region, paste_face
-from ..detection import Face, FaceDetector
 from ..io.images import rgb_array
 from ..replacers import ACTIONS, MODES, DiffusionAnonymizer, FaceReplacer, Redactor
+
 
 ON_ERROR_CHOICES = ("fail", "redact")
 REDACTED_ON_ERROR = "blacked_out_on_error"

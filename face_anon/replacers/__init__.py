@@ -4,4 +4,14 @@ from .base import ACTIONS, MODES, REDACTION_MODES, FaceReplacer
 from .diffusion import DiffusionAnonymizer, load_pipeline
 from .redaction import Redactor, redact_crop
 
-__all__ = ["ACTIONS", "MODES", "REDACTION_MODES", "DiffusionAnonymizer", "FaceReplacer", "Redactor", "load_pipeline", "redact_crop"]
+
+__all__ = [
+    "ACTIONS",
+    "MODES",
+    "REDACTION_MODES",
+    "DiffusionAnonymizer",
+    "FaceReplacer",
+    "Redactor",
+    "load_pipeline",
+    "redact_crop",
+]

@@ -8,9 +8,11 @@ alignment, the masks and the fail-closed bookkeeping.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
+
 
 REDACTION_MODES = ("blur", "pixelate", "black")
 MODES = ("anonymize", *REDACTION_MODES)

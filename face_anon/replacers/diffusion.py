@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
 
 from .base import ACTIONS
+
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 

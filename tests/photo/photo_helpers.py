@@ -14,6 +14,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+
 # The astronaut's face in skimage.data.astronaut(): centre of its CenterFace box and its five
 # landmarks (left eye, right eye, nose, mouth corners), measured once and stored as data.
 ASTRONAUT_FACE_CENTRE = (225.7, 118.0)

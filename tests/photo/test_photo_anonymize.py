@@ -10,6 +10,7 @@ from face_anon.orchestration.photo import AnonymizeOptions, anonymize_photo, ano
 
 from .photo_helpers import SCENE, FakePipeline, Placement, background, compose, match_faces
 
+
 CROP = 64  # small crops keep the fake and tiny models fast; the mechanics do not depend on size
 
 

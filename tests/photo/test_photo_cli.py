@@ -10,12 +10,13 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from face_anon.geometry.alignment import ffhq_alignment
-from face_anon.geometry.blending import face_mask, face_region
 from face_anon.apps.cli import main
 from face_anon.detection import CenterFaceDetector
+from face_anon.geometry.alignment import ffhq_alignment
+from face_anon.geometry.blending import face_mask, face_region
 
 from .photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose
+
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT_KEYS = {"input", "output", "status", "error", "faces", "skipped", "notes"}

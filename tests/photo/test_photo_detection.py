@@ -12,6 +12,7 @@ from face_anon.detection import CenterFaceDetector, Face, default_centerface_pat
 
 from .photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose, match_faces
 
+
 SHIPPED_SHA256 = "2a07d8e39749dfdab7955a463c1285cdb1025ef4a7868542b68c08a1f1140e4c"
 
 

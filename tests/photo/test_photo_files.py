@@ -13,11 +13,12 @@ import pytest
 from PIL import ExifTags
 
 from face_anon.apps.cli import main
-from face_anon.orchestration.batch import plan_jobs
 from face_anon.io.images import load_image, write_atomic
 from face_anon.io.jpeg import strip_jpeg
+from face_anon.orchestration.batch import plan_jobs
 
 from .photo_helpers import Placement, background, compose
+
 
 MAX_PIXELS = 300_000
 FACE = Placement((200, 150), 1.0)
