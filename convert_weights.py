@@ -3,8 +3,8 @@
 verified diffusers repository.
 
 The authors' model needs three Hub repositories: the fine-tuned UNet and ReferenceNets (`hkung/face-anon-simple`),
-Stable Diffusion 2.1's VAE and scheduler, and CLIP's vision tower. This script assembles them with
-`FaceAnonPipeline.from_original`, one component at a time, into a folder that
+Stable Diffusion 2.1's VAE and scheduler, and CLIP's vision tower. This script reads them with
+`original_checkpoint`, one component at a time, into a folder that
 
     DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
 
@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import uuid
@@ -38,37 +39,35 @@ import diffusers
 import torch
 import transformers
 from diffusers import UNet2DConditionModel
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 
-from pipeline_face_anon import (
+from original_checkpoint import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_FACE_MODEL,
     DEFAULT_SD_MODEL,
-    FaceAnonPipeline,
-    write_hub_code,
+    PICKLE_SUFFIXES,
+    OriginalSources,
+    Source,
+    component_loaders,
+    load_original_pipeline,
+    shard_names,
 )
+from pipeline_face_anon import EXAMPLE_DOC_STRING, EXAMPLE_REPOSITORY, FaceAnonPipeline, write_hub_code
 
 
 logger = logging.getLogger("convert_weights")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Both sides of the fresh-process check run the same code on the same weights, so they agree to rounding noise.
 DEFAULT_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 LICENSE = "openrail++"  # the UNet and ReferenceNets are fine-tuned from SD 2.1, whose VAE ships here as well
-PAPER = "Face Anonymization Made Simple (Kung et al., WACV 2025, arXiv 2411.00762)"
-CITATION = """@InProceedings{Kung_2025_WACV,
-    author    = {Kung, Han-Wei and Varanka, Tuomas and Saha, Sanjay and Sim, Terence and Sebe, Nicu},
-    title     = {Face Anonymization Made Simple},
-    booktitle = {Proceedings of the Winter Conference on Applications of Computer Vision (WACV)},
-    month     = {February},
-    year      = {2025},
-    pages     = {1040-1050}
-}"""
+# The model card's template: beside this file in a checkout, under the environment's `share/face-anon/` once installed.
+MODEL_CARD_TEMPLATE = "model_card.md"
+_TEMPLATE_FOLDERS = (Path(__file__).parent / "templates", Path(sysconfig.get_path("data"), "share", "face-anon"))
 
 
 class ConversionError(Exception):
@@ -76,74 +75,28 @@ class ConversionError(Exception):
 
 
 @dataclass(frozen=True)
-class Source:
-    """One of the three source repositories: a Hub id (with an optional revision) or a local folder."""
-
-    role: str  # "face_model", "sd_model" or "clip_model"
-    name: str
-    revision: str | None = None
-    default: str = ""  # the published Hub repository this role stands for
-
-    @property
-    def is_local(self) -> bool:
-        return os.path.isdir(self.name)
-
-    @property
-    def hub_id(self) -> str:
-        """The Hub repository: this source, or for a local folder the published repository it stands for."""
-        return self.default if self.is_local else self.name
-
-    def weight_files(self, subfolder: str | None, stem: str, **hub_kwargs: Any) -> list[Path]:
-        """The safetensors file(s) `stem.safetensors` (or its shards) of `subfolder`: local or from the Hub cache."""
-        if self.is_local:
-            folder = Path(self.name, subfolder or "")
-            index = folder / f"{stem}.safetensors.index.json"
-            if index.is_file():
-                return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-            return [folder / f"{stem}.safetensors"]
-        download = dict(subfolder=subfolder, revision=self.revision, **hub_kwargs)
-        try:
-            return [Path(hf_hub_download(self.name, f"{stem}.safetensors", **download))]
-        except EntryNotFoundError:
-            index = Path(hf_hub_download(self.name, f"{stem}.safetensors.index.json", **download))
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [Path(hf_hub_download(self.name, shard, **download)) for shard in shards]
-
-    def describe_revision(self, files: list[Path]) -> str:
-        """The commit a Hub source was read at (from its cache path), or a note for a local folder."""
-        if self.is_local:
-            return "local folder"
-        parts = files[0].parts if files else ()
-        commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-        return commit or self.revision or "main"
-
-
-@dataclass(frozen=True)
-class WeightComponent:
-    """A component with weights: where its tensors come from and which of them it keeps."""
+class Component:
+    """A component of the repository: where it comes from and, for one with weights, which tensors it keeps."""
 
     name: str
-    role: str
-    subfolder: str | None
-    source_stem: str
-    written_stem: str
+    role: str  # the source: "face_model", "sd_model" or "clip_model"
+    subfolder: str | None  # in the source
+    weights: str | None = None  # weight file stem, in the source and written; None: no weights
     key_prefix: str = ""  # only source tensors under this prefix belong to the component
+    note: str = ""  # for the model card
 
 
-WEIGHT_COMPONENTS = (
-    WeightComponent("unet", "face_model", "unet", "diffusion_pytorch_model", "diffusion_pytorch_model"),
-    WeightComponent("referencenet", "face_model", "referencenet", "diffusion_pytorch_model", "diffusion_pytorch_model"),
-    WeightComponent(
-        "conditioning_referencenet",
-        "face_model",
-        "conditioning_referencenet",
-        "diffusion_pytorch_model",
-        "diffusion_pytorch_model",
-    ),
-    WeightComponent("vae", "sd_model", "vae", "diffusion_pytorch_model", "diffusion_pytorch_model"),
+COMPONENTS = (
+    Component("unet", "face_model", "unet", "diffusion_pytorch_model"),
+    Component("referencenet", "face_model", "referencenet", "diffusion_pytorch_model"),
+    Component("conditioning_referencenet", "face_model", "conditioning_referencenet", "diffusion_pytorch_model"),
+    Component("vae", "sd_model", "vae", "diffusion_pytorch_model"),
+    Component("scheduler", "sd_model", "scheduler", note="v-prediction, as the authors load it"),
     # CLIP's repository holds the whole CLIPModel; the pipeline uses the vision tower only.
-    WeightComponent("image_encoder", "clip_model", None, "model", "model", key_prefix="vision_model."),
+    Component("image_encoder", "clip_model", None, "model", key_prefix="vision_model.", note="vision tower only"),
+    Component("feature_extractor", "clip_model", None),
 )
+WEIGHT_COMPONENTS = tuple(component for component in COMPONENTS if component.weights)
 
 
 @dataclass
@@ -165,13 +118,8 @@ class ConversionResult:
 
 def convert(
     output_dir: str | os.PathLike,
-    face_model: str | os.PathLike = DEFAULT_FACE_MODEL,
-    sd_model: str | os.PathLike = DEFAULT_SD_MODEL,
-    clip_model: str | os.PathLike = DEFAULT_CLIP_MODEL,
+    sources: OriginalSources | None = None,
     *,
-    face_model_revision: str | None = None,
-    sd_model_revision: str | None = None,
-    clip_model_revision: str | None = None,
     dtype: torch.dtype = torch.float32,
     variant: str | None = None,
     sample_size: int | None = None,
@@ -190,12 +138,11 @@ def convert(
 
     Args:
         output_dir: the repository folder to create; an existing one is refused unless `overwrite=True`.
-        face_model, sd_model, clip_model: Hub ids or local folders in the same layout (see
-            `FaceAnonPipeline.from_original`).
+        sources: the source repositories (`OriginalSources.of(...)`; default: the published ones).
         dtype: dtype of every written weight.
         variant: diffusers variant name of the weight files (`"fp16"` writes `*.fp16.safetensors`).
-        sample_size: `sample_size` written into the UNet and ReferenceNet configs; `None` is `from_original`'s
-            choice (64, i.e. 512 px, for SD 2.1's architecture; the source's value otherwise).
+        sample_size: `sample_size` written into the UNet and ReferenceNet configs; `None`:
+            `original_checkpoint.trained_sample_size` (64, i.e. 512 px, for SD 2.1's architecture).
         repo_id: the Hub id the model card's usage snippet names (defaults to the folder's name).
         device, verify_steps, verify_size, verify_atol: the fresh-process check (see `verify_repository`).
         hub_kwargs: `cache_dir`, `token`, `local_files_only`, passed to every download.
@@ -205,14 +152,14 @@ def convert(
             the sources. `output_dir` is untouched then.
     """
     output_dir = Path(output_dir).absolute()
-    sources = _sources(face_model, sd_model, clip_model, face_model_revision, sd_model_revision, clip_model_revision)
+    sources = sources or OriginalSources.of()
     _check_output_dir(output_dir, overwrite)
     work_dir = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     work_dir.mkdir(parents=True)
     try:
         index, written_sample_size = _write_components(work_dir, sources, dtype, variant, sample_size, hub_kwargs)
         _write_code_and_index(work_dir, index)
-        source_files = _source_weight_files(sources, hub_kwargs)
+        source_files = source_weight_files(sources, **hub_kwargs)
         logger.info("checking every tensor against its source")
         check_tensors(work_dir, sources, source_files, dtype, variant)
         logger.info("checking, in a fresh process, that the written repository computes what the sources compute")
@@ -228,13 +175,11 @@ def convert(
             atol=verify_atol,
             hub_kwargs=hub_kwargs,
         )
-        face = sources["face_model"]
-        source_unet = UNet2DConditionModel.load_config(
-            face.name, subfolder="unet", revision=face.revision, **hub_kwargs
-        )
+        face = sources.face_model
+        source_unet = UNet2DConditionModel.load_config(face.name, subfolder="unet", **face.hub_kwargs(**hub_kwargs))
         result = ConversionResult(
             output_dir=work_dir,
-            files={path: _sha256(work_dir / path) for path in _relative_files(work_dir)},
+            files={path: sha256(work_dir / path) for path in relative_files(work_dir)},
             dtype=dtype,
             variant=variant,
             sample_size=written_sample_size,
@@ -243,7 +188,7 @@ def convert(
             verification=verification,
         )
         write_model_card(work_dir, sources, result, repo_id=repo_id or output_dir.name)
-        result.files["README.md"] = _sha256(work_dir / "README.md")
+        result.files["README.md"] = sha256(work_dir / "README.md")
         _move_into_place(work_dir, output_dir)
         result.output_dir = output_dir
         logger.info("wrote and verified %s (%d files)", output_dir, len(result.files))
@@ -253,48 +198,34 @@ def convert(
         raise
 
 
-def _sources(face_model, sd_model, clip_model, face_revision, sd_revision, clip_revision) -> dict[str, Source]:
-    def source(role, name, revision, default):
-        name = os.fspath(name)
-        if os.path.isdir(name):
-            name = str(Path(name).absolute())
-        elif os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
-            raise ConversionError(f"{role} {name!r} is neither a local folder nor a Hub repository id.")
-        return Source(role, name, revision, default)
-
-    return {
-        "face_model": source("face_model", face_model, face_revision, DEFAULT_FACE_MODEL),
-        "sd_model": source("sd_model", sd_model, sd_revision, DEFAULT_SD_MODEL),
-        "clip_model": source("clip_model", clip_model, clip_revision, DEFAULT_CLIP_MODEL),
-    }
-
-
-def _source_weight_files(sources: dict[str, Source], hub_kwargs: dict) -> dict[str, list[Path]]:
-    """Per weight component, the source file(s) its tensors come from (local, or in the Hub cache)."""
+def source_weight_files(sources: OriginalSources, **hub_kwargs: Any) -> dict[str, list[Path]]:
+    """Per weight component, the source file(s) its tensors come from (local, or in the Hub cache): what
+    `check_tensors` compares against."""
     files = {}
+    roles = sources.by_role()
     for component in WEIGHT_COMPONENTS:
-        source = sources[component.role]
+        source = roles[component.role]
         try:
-            files[component.name] = source.weight_files(component.subfolder, component.source_stem, **hub_kwargs)
+            files[component.name] = source.weight_files(component.subfolder, component.weights, **hub_kwargs)
         except (OSError, EntryNotFoundError) as error:
             where = f"{component.subfolder}/" if component.subfolder else "its root"
             raise ConversionError(
-                f"{source.role} {source.name!r}: no {component.source_stem} weights in {where} ({error})."
+                f"{source.role} {source.name!r}: no {component.weights} weights in {where} ({error})."
             ) from error
     return files
 
 
-def _provenance(sources: dict[str, Source], source_files: dict[str, list[Path]]) -> list[dict[str, Any]]:
+def _provenance(sources: OriginalSources, source_files: dict[str, list[Path]]) -> list[dict[str, Any]]:
     """Per source: where it is, the revision it was read at, and the sha256 of each weight file read."""
     provenance = []
-    for role, source in sources.items():
+    for role, source in sources.by_role().items():
         files = [path for c in WEIGHT_COMPONENTS if c.role == role for path in source_files[c.name]]
         provenance.append(
             {
                 "role": role,
                 "source": source.name,
                 "revision": source.describe_revision(files),
-                "files": {_display_path(path, source): _sha256(path) for path in files},
+                "files": {_display_path(path, source): sha256(path) for path in files},
             }
         )
     return provenance
@@ -316,7 +247,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
 
 def _write_components(
     work_dir: Path,
-    sources: dict[str, Source],
+    sources: OriginalSources,
     dtype: torch.dtype,
     variant: str | None,
     sample_size: int | None,
@@ -324,17 +255,7 @@ def _write_components(
 ) -> tuple[dict[str, list[str]], int | None]:
     """Loads, writes and frees each component in turn: peak memory is one component plus its serialized copy."""
     try:
-        loaders = FaceAnonPipeline._original_component_loaders(
-            sources["face_model"].name,
-            sources["sd_model"].name,
-            sources["clip_model"].name,
-            face_model_revision=sources["face_model"].revision,
-            sd_model_revision=sources["sd_model"].revision,
-            clip_model_revision=sources["clip_model"].revision,
-            torch_dtype=dtype,
-            sample_size=sample_size,
-            **hub_kwargs,
-        )
+        loaders = component_loaders(sources, torch_dtype=dtype, sample_size=sample_size, **hub_kwargs)
     except (OSError, ValueError) as error:
         raise ConversionError(str(error)) from error
 
@@ -352,21 +273,16 @@ def _write_components(
             component.save_pretrained(folder)
         if name == "unet":
             written_sample_size = component.config.sample_size
-        index[name] = _library_and_class(component)
+        index[name] = [type(component).__module__.split(".")[0], type(component).__name__]
         del component
         gc.collect()
         logger.info("%s: written in %.1f s", name, time.monotonic() - started)
     return index, written_sample_size
 
 
-def _library_and_class(component: Any) -> list[str]:
-    """The `[library, class]` entry of `model_index.json` (`write_hub_code` names the custom classes)."""
-    cls = type(component)
-    return [cls.__module__.split(".")[0], cls.__name__]
-
-
 def _write_code_and_index(work_dir: Path, index: dict[str, list[str]]) -> None:
-    """`model_index.json` naming the components, and the pipeline's code where diffusers looks for it."""
+    """`model_index.json` naming the components, and the pipeline's code where diffusers looks for it (the custom
+    classes are named by `write_hub_code`)."""
     model_index = {"_diffusers_version": diffusers.__version__, **index}
     (work_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
     write_hub_code(work_dir)
@@ -392,21 +308,33 @@ def _move_into_place(work_dir: Path, output_dir: Path) -> None:
 
 
 def check_tensors(
-    repo_dir: Path,
-    sources: dict[str, Source],
+    repo_dir: str | os.PathLike,
+    sources: OriginalSources,
     source_files: dict[str, list[Path]],
     dtype: torch.dtype,
     variant: str | None,
 ) -> None:
     """Every source tensor is written, with its shape and values, cast to `dtype` (floating point tensors); nothing
-    else is written, and nothing is pickled. Reads one tensor at a time."""
-    pickles = [path for path in _relative_files(repo_dir) if path.endswith(PICKLE_SUFFIXES)]
+    else is written, and nothing is pickled. Reads one tensor at a time.
+
+    Args:
+        repo_dir: the written repository.
+        sources: the source repositories.
+        source_files: per weight component (`COMPONENTS` with weights), its source weight file(s).
+        dtype, variant: what the repository was written with.
+
+    Raises:
+        ConversionError: naming the component and the first tensor that differs.
+    """
+    repo_dir = Path(repo_dir)
+    pickles = [path for path in relative_files(repo_dir) if path.endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise ConversionError(f"the written repository holds pickled files: {pickles}")
+    roles = sources.by_role()
     for component in WEIGHT_COMPONENTS:
-        source = sources[component.role]
+        source = roles[component.role]
         expected = _tensor_locations(source_files[component.name], component.key_prefix)
-        written_files = _written_weight_files(repo_dir / component.name, component.written_stem, variant)
+        written_files = _written_weight_files(repo_dir / component.name, component.weights, variant)
         written = _tensor_locations(written_files, "")
         where = f"{component.name}/ (from {source.role} {source.name!r})"
         missing, extra = sorted(expected.keys() - written.keys()), sorted(written.keys() - expected.keys())
@@ -451,7 +379,7 @@ def _written_weight_files(folder: Path, stem: str, variant: str | None) -> list[
     the shards its index names), and no other."""
     index = folder / (f"{stem}.safetensors.index.{variant}.json" if variant else f"{stem}.safetensors.index.json")
     if index.is_file():
-        expected = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        expected = shard_names(index)
     else:
         expected = [f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"]
     present = sorted(file.name for file in folder.glob("*.safetensors"))
@@ -461,31 +389,35 @@ def _written_weight_files(folder: Path, stem: str, variant: str | None) -> list[
 
 
 def verify_in_fresh_process(
-    repo_dir: Path,
-    sources: dict[str, Source],
+    repo_dir: str | os.PathLike,
+    sources: OriginalSources,
     *,
     dtype: torch.dtype,
-    variant: str | None,
-    sample_size: int | None,
-    device: str | None,
-    steps: int,
-    size: int | None,
-    atol: float | None,
-    hub_kwargs: dict,
+    variant: str | None = None,
+    sample_size: int | None = None,
+    device: str | None = None,
+    steps: int = 2,
+    size: int | None = None,
+    atol: float | None = None,
+    hub_kwargs: dict | None = None,
 ) -> dict[str, Any]:
     """Runs `python -m convert_weights --verify-only repo_dir ...` offline and returns its report.
 
     A fresh interpreter loads the repository as a user would (remote code included) and compares a short run
     against the sources loaded directly; the sources are read from the Hub cache the conversion just filled.
+
+    Raises:
+        ConversionError: the run failed or found a difference; the message carries the child's error.
     """
+    hub_kwargs = hub_kwargs or {}
     with tempfile.TemporaryDirectory() as scratch:
         report_path = Path(scratch, "report.json")
         command = [sys.executable, "-m", "convert_weights", "--verify-only", str(repo_dir)]
-        for role, source in sources.items():
+        for role, source in sources.by_role().items():
             command += [f"--{role.replace('_', '-')}", source.name]
             if source.revision:
                 command += [f"--{role.replace('_', '-')}-revision", source.revision]
-        command += ["--dtype", _dtype_name(dtype), "--verify-steps", str(steps), "--verify-report", str(report_path)]
+        command += ["--dtype", dtype_name(dtype), "--verify-steps", str(steps), "--verify-report", str(report_path)]
         options = {
             "--variant": variant,
             "--sample-size": sample_size,
@@ -513,13 +445,8 @@ def verify_in_fresh_process(
 
 def verify_repository(
     repo_dir: str | os.PathLike,
-    face_model: str | os.PathLike,
-    sd_model: str | os.PathLike,
-    clip_model: str | os.PathLike,
+    sources: OriginalSources,
     *,
-    face_model_revision: str | None = None,
-    sd_model_revision: str | None = None,
-    clip_model_revision: str | None = None,
     dtype: torch.dtype = torch.float32,
     variant: str | None = None,
     sample_size: int | None = None,
@@ -531,7 +458,8 @@ def verify_repository(
 ) -> dict[str, Any]:
     """Loads `repo_dir` with `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` and checks that a
     short anonymization run (`steps` DDPM steps with guidance, `size` px, fixed seed) gives what the same run
-    gives on `FaceAnonPipeline.from_original(sources)`. The two pipelines are loaded one after the other.
+    gives on the sources loaded directly (`original_checkpoint.load_original_pipeline`). The two pipelines are
+    loaded one after the other.
 
     Returns a report (`max_abs_diff`, `atol`, ...). Raises `ConversionError` on any mismatch.
     """
@@ -555,27 +483,16 @@ def verify_repository(
     del pipe
     gc.collect()
 
-    original = FaceAnonPipeline.from_original(
-        face_model,
-        sd_model,
-        clip_model,
-        face_model_revision=face_model_revision,
-        sd_model_revision=sd_model_revision,
-        clip_model_revision=clip_model_revision,
-        torch_dtype=dtype,
-        sample_size=sample_size,
-        **hub_kwargs,
-    )
+    original = load_original_pipeline(sources, torch_dtype=dtype, sample_size=sample_size, **hub_kwargs)
     expected = _short_run(original, device, steps, size)
     max_abs_diff = float((converted - expected).abs().max())
     report = {
         "steps": steps,
         "size": size,
         "device": device,
-        "dtype": _dtype_name(dtype),
+        "dtype": dtype_name(dtype),
         "atol": atol,
         "max_abs_diff": max_abs_diff,
-        "output_std": float(expected.std()),
     }
     if not max_abs_diff <= atol:  # also catches NaN
         raise ConversionError(
@@ -607,125 +524,91 @@ def _short_run(pipe: Any, device: str, steps: int, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ model card
 
 
+def usage_example(repo_id: str, load_kwargs: str = ", torch_dtype=torch.float16") -> str:
+    """The pipeline's docstring example (`EXAMPLE_DOC_STRING`) as plain code, loading `repo_id` with `load_kwargs`
+    (the text after `trust_remote_code=True`)."""
+    lines = []
+    for line in EXAMPLE_DOC_STRING.splitlines():
+        line = line.strip()
+        if line.startswith((">>>", "...")):  # doctest prompts; continuation lines keep their indentation
+            lines.append(line[4:])
+        elif not line and lines:
+            lines.append("")
+    code = "\n".join(lines).strip()
+    loaded = f'"{EXAMPLE_REPOSITORY}", trust_remote_code=True, torch_dtype=torch.float16'
+    if loaded not in code:
+        raise ConversionError("the pipeline's example no longer loads EXAMPLE_REPOSITORY as the model card expects.")
+    return code.replace(loaded, f'"{repo_id}", trust_remote_code=True{load_kwargs}')
+
+
+def model_card_template() -> Path:
+    """The model card's template file (`templates/model_card.md`)."""
+    for folder in _TEMPLATE_FOLDERS:
+        if (folder / MODEL_CARD_TEMPLATE).is_file():
+            return folder / MODEL_CARD_TEMPLATE
+    raise ConversionError(f"the model card template {MODEL_CARD_TEMPLATE} is in none of {list(_TEMPLATE_FOLDERS)}.")
+
+
 def write_model_card(
-    repo_dir: Path, sources: dict[str, Source], result: ConversionResult, *, repo_id: str
+    repo_dir: str | os.PathLike, sources: OriginalSources, result: ConversionResult, *, repo_id: str
 ) -> ModelCard:
-    """`README.md`: metadata, usage, resolution, provenance with checksums, licence and citation. The card is read
-    back with `huggingface_hub.ModelCard` to check that its metadata parses."""
+    """`README.md` from `templates/model_card.md`, rendered with `huggingface_hub.ModelCard`: metadata, usage,
+    resolution, components (as `model_index.json` names them), provenance with checksums, licence and citation.
+    The card is read back to check that its metadata parses."""
+    repo_dir = Path(repo_dir)
+    roles = sources.by_role()
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="image-to-image",
         license=LICENSE,
-        base_model=[source.hub_id for source in sources.values()],
+        base_model=[source.hub_id for source in roles.values()],
         tags=["face-anonymization", "face-swapping", "privacy", "referencenet", "stable-diffusion", "arxiv:2411.00762"],
     )
-    dtype_name = _dtype_name(result.dtype)
-    load_kwargs = f", torch_dtype=torch.{dtype_name}" + (f', variant="{result.variant}"' if result.variant else "")
-    weight_rows = "\n".join(
-        f"| `{path}` | {(repo_dir / path).stat().st_size:,} | `{digest}` |"
-        for path, digest in sorted(result.files.items())
-        if path.endswith(".safetensors")
-    )
-    source_rows = "\n".join(
-        f"| {item['role']} | `{item['source']}` | `{item['revision']}` | `{path}` | `{digest}` |"
-        for item in result.sources
-        for path, digest in sorted(item["files"].items())
-    )
-    check = result.verification
+    index = json.loads((repo_dir / "model_index.json").read_text())
+    components = [
+        {
+            "folder": c.name,
+            "library": index[c.name][0],
+            "class_name": index[c.name][1],
+            "note": c.note,
+            "source": roles[c.role].hub_id,
+            "subfolder": c.subfolder,
+        }
+        for c in COMPONENTS
+    ]
     written_sample_size = json.loads((repo_dir / "unet" / "config.json").read_text()).get("sample_size")
     vae_blocks = json.loads((repo_dir / "vae" / "config.json").read_text())["block_out_channels"]
-    vae_scale_factor = 2 ** (len(vae_blocks) - 1)
-    source_sample_size = result.source_sample_size
-    body = f"""
-# Face Anonymization Made Simple (diffusers)
-
-The model of *{PAPER}* as one self-contained [diffusers](https://github.com/huggingface/diffusers) repository:
-the authors' fine-tuned UNet and two ReferenceNets, Stable Diffusion 2.1's VAE and scheduler, and CLIP ViT-L/14's
-vision tower, with the pipeline's code (`pipeline_face_anon.py`, `modeling_referencenet.py`). It anonymizes a face
-(new identity; pose, expression, gaze, lighting and background kept) or swaps another face's identity in.
-Weights are stored as {dtype_name}{f" (variant `{result.variant}`)" if result.variant else ""}, in safetensors only.
-
-## Usage
-
-```py
-import torch
-from diffusers import DiffusionPipeline
-from diffusers.utils import load_image
-
-pipe = DiffusionPipeline.from_pretrained(
-    "{repo_id}", trust_remote_code=True{load_kwargs}
-).to("cuda")
-face = load_image("aligned_face.png")  # an FFHQ-style aligned face crop, ideally 512 x 512
-
-# anonymize: a new identity, the same pose, expression, gaze, lighting and background
-anonymized = pipe(face, anonymization_degree=1.25, guidance_scale=4.0, generator=torch.manual_seed(0)).images[0]
-
-# swap: the identity of `source` on the pose and expression of `face`
-source = load_image("other_face.png")
-swapped = pipe(face, source_image=source, anonymization_degree=0.0, guidance_scale=4.0).images[0]
-```
-
-`trust_remote_code=True` runs this repository's `pipeline_face_anon.py` and `modeling_referencenet.py`; read them
-first. Offline, pass the local snapshot folder instead of the repository id. The paper's tables use 200 DDPM steps;
-25-50 steps work well (`num_inference_steps`, default 50).
-
-## Resolution
-
-The published model was trained on 512 x 512 images, while the authors' configs may carry Stable Diffusion 2.1's
-`sample_size` (96 latents, 768 px). The default image size of the pipeline is `sample_size` times the VAE's scale
-factor, so the converter writes the trained resolution: `sample_size` 64 (512 px) for SD 2.1's architecture, unless
-told otherwise (`--sample-size`). Here the source's `unet/config.json` says {source_sample_size} and this
-repository's UNet and ReferenceNet configs say {written_sample_size}: calls without `height`/`width` make
-{written_sample_size * vae_scale_factor if written_sample_size else "?"} x {written_sample_size * vae_scale_factor if written_sample_size else "?"} px images.
-
-## Components
-
-| folder | class | from |
-|---|---|---|
-| `unet/` | diffusers `UNet2DConditionModel` | `{sources["face_model"].hub_id}` `unet/` |
-| `referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources["face_model"].hub_id}` `referencenet/` |
-| `conditioning_referencenet/` | `ReferenceNetModel` (`modeling_referencenet.py`) | `{sources["face_model"].hub_id}` `conditioning_referencenet/` |
-| `vae/` | diffusers `AutoencoderKL` | `{sources["sd_model"].hub_id}` `vae/` |
-| `scheduler/` | diffusers `DDPMScheduler` (v-prediction, as the authors load it) | `{sources["sd_model"].hub_id}` `scheduler/` |
-| `image_encoder/` | transformers `CLIPVisionModel` (vision tower only) | `{sources["clip_model"].hub_id}` |
-| `feature_extractor/` | transformers `CLIPImageProcessor` | `{sources["clip_model"].hub_id}` |
-
-Parameter names are unchanged from the sources.
-
-## Provenance
-
-Converted and verified by face-anon's `convert_weights.py` with diffusers {diffusers.__version__}, transformers
-{transformers.__version__} and torch {torch.__version__.split("+")[0]}, from:
-
-| role | source | revision | file | sha256 |
-|---|---|---|---|---|
-{source_rows}
-
-Checks made before this repository was written: every source tensor is present with its shape and values (cast to
-{dtype_name}), nothing else is; and, in a fresh process, this repository loaded with `trust_remote_code=True` gives
-the same {check.get("steps")}-step anonymization ({check.get("size")} px, {check.get("device")}) as the sources loaded
-directly: max abs difference {check.get("max_abs_diff", float("nan")):.3g} (tolerance {check.get("atol", float("nan")):g}).
-
-Weight files written:
-
-| file | bytes | sha256 |
-|---|---|---|
-{weight_rows}
-
-## License
-
-`openrail++` ([CreativeML Open RAIL++-M](https://huggingface.co/stabilityai/stable-diffusion-2/blob/main/LICENSE-MODEL)):
-the UNet and ReferenceNets are fine-tuned from Stable Diffusion 2.1, and its VAE is included, so SD 2.1's licence
-and its use restrictions apply. The CLIP vision tower is MIT-licensed (OpenAI). Check the terms stated at
-[{sources["face_model"].hub_id}](https://huggingface.co/{sources["face_model"].hub_id}) for the fine-tuned weights.
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+    load_kwargs = f", torch_dtype=torch.{dtype_name(result.dtype)}" + (
+        f', variant="{result.variant}"' if result.variant else ""
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(model_card_template()),
+        dtype=dtype_name(result.dtype),
+        variant=result.variant,
+        usage=usage_example(repo_id, load_kwargs),
+        source_sample_size=result.source_sample_size,
+        sample_size=written_sample_size,
+        image_size=written_sample_size * 2 ** (len(vae_blocks) - 1) if written_sample_size else "?",
+        components=components,
+        versions={
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__.split("+")[0],
+        },
+        source_files=[
+            {"role": item["role"], "source": item["source"], "revision": item["revision"], "path": path, "sha256": s}
+            for item in result.sources
+            for path, s in sorted(item["files"].items())
+        ],
+        check=result.verification,
+        weight_files=[
+            {"path": path, "bytes": (repo_dir / path).stat().st_size, "sha256": digest}
+            for path, digest in sorted(result.files.items())
+            if path.endswith(".safetensors")
+        ],
+        face_model=roles["face_model"].hub_id,
+    )
     path = repo_dir / "README.md"
     card.save(path)
     parsed = ModelCard.load(path)
@@ -753,7 +636,7 @@ def push_to_hub(
     creating it if needed, in one commit. The token comes from the usual places (`HF_TOKEN`, `hf auth login`)."""
     repo_dir = Path(repo_dir)
     files = sorted(files)
-    present = _relative_files(repo_dir)
+    present = relative_files(repo_dir)
     if present != files:
         raise ConversionError(
             f"{repo_dir} changed since it was verified: {sorted(set(present) ^ set(files))} differ; convert again."
@@ -777,8 +660,18 @@ def push_to_hub(
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def _relative_files(folder: Path) -> list[str]:
+def relative_files(folder: str | os.PathLike) -> list[str]:
+    """Every file below `folder`, as sorted POSIX paths relative to it."""
+    folder = Path(folder)
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _display_path(path: Path, source: Source) -> str:
@@ -789,16 +682,25 @@ def _display_path(path: Path, source: Source) -> str:
     return path.relative_to(source.name).as_posix() if source.is_local else path.name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float16` -> `"float16"` (the names of `DTYPES`)."""
     return str(dtype).removeprefix("torch.")
+
+
+def resolve_dtype(dtype: str | None, variant: str | None) -> torch.dtype:
+    """The dtype to write: `dtype` (a `DTYPES` name), else the one `variant` implies (`fp16`, `bf16`), else float32.
+
+    Raises:
+        ValueError: `dtype` is unknown, or contradicts `variant`.
+    """
+    implied = VARIANT_DTYPES.get(variant)
+    if dtype is None:
+        return implied or torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    if implied is not None and DTYPES[dtype] != implied:
+        raise ValueError(f"--variant {variant} names {dtype_name(implied)} weights, but --dtype is {dtype}.")
+    return DTYPES[dtype]
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -909,16 +811,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_dtype(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.dtype:
-    implied = VARIANT_DTYPES.get(args.variant)
-    if args.dtype is None:
-        return implied or torch.float32
-    dtype = DTYPES[args.dtype]
-    if implied is not None and dtype != implied:
-        parser.error(f"--variant {args.variant} names {_dtype_name(implied)} weights, but --dtype is {args.dtype}.")
-    return dtype
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -929,24 +821,31 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("sample_size", "verify_steps", "verify_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}.")
-    dtype = _resolve_dtype(parser, args)
+    try:
+        dtype = resolve_dtype(args.dtype, args.variant)
+    except ValueError as error:
+        parser.error(str(error))
     hub_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-    revisions = {
-        "face_model_revision": args.face_model_revision,
-        "sd_model_revision": args.sd_model_revision,
-        "clip_model_revision": args.clip_model_revision,
-    }
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        sources = OriginalSources.of(
+            args.face_model,
+            args.sd_model,
+            args.clip_model,
+            face_model_revision=args.face_model_revision,
+            sd_model_revision=args.sd_model_revision,
+            clip_model_revision=args.clip_model_revision,
+        )
+    except ValueError as error:
+        print(f"convert_weights: error: {error}", file=sys.stderr)
+        return 1
 
     if args.verify_only is not None:
         try:
             report = verify_repository(
                 args.verify_only,
-                args.face_model,
-                args.sd_model,
-                args.clip_model,
-                **revisions,
+                sources,
                 dtype=dtype,
                 variant=args.variant,
                 sample_size=args.sample_size,
@@ -974,10 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = convert(
             args.output_dir,
-            args.face_model,
-            args.sd_model,
-            args.clip_model,
-            **revisions,
+            sources,
             dtype=dtype,
             variant=args.variant,
             sample_size=args.sample_size,

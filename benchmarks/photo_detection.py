@@ -24,7 +24,8 @@ import PIL.Image
 from face_anon.detection import CenterFaceDetector
 from face_anon.geometry.alignment import ffhq_alignment, transform_points
 from face_anon.io.images import load_image
-from face_anon.orchestration.photo import AnonymizeOptions, detect_faces
+from face_anon.orchestration.options import AnonymizeOptions
+from face_anon.orchestration.stages import find_faces
 
 
 def _timed(function, repeats):
@@ -54,7 +55,7 @@ def main() -> None:
             size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
             image = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
             faces, best, median = _timed(lambda image=image: detector.detect(image), args.repeats)
-            _, best_r, median_r = _timed(lambda image=image: detect_faces(image, detector, options), args.repeats)
+            _, best_r, median_r = _timed(lambda image=image: find_faces(image, detector, options), args.repeats)
             print(
                 f"{os.path.basename(path)} at {size[0]}x{size[1]}: {len(faces)} faces, "
                 f"detect {best:.3f} s (median {median:.3f}), with refinement {best_r:.3f} s (median {median_r:.3f})"
@@ -63,7 +64,7 @@ def main() -> None:
         rgb = np.asarray(PIL.Image.open(path).convert("RGB"))
         size = rgb.shape[0]
         centre = np.array([(size - 1) / 2, (size - 1) / 2])
-        for label, faces in (("raw", detector.detect(rgb)), ("refined", detect_faces(rgb, detector, options))):
+        for label, faces in (("raw", detector.detect(rgb)), ("refined", find_faces(rgb, detector, options))):
             alignment = ffhq_alignment(faces[0].landmark_array, size, eye_scale=detector.eye_scale)
             shift = transform_points(alignment.matrix, centre[None])[0] - centre
             print(

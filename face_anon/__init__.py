@@ -8,23 +8,40 @@ model, or blur / pixelate / black) and blend it back with a soft mask::
     detector = load_detector()
     pipe = load_pipeline("path/to/converted-model")
     result = anonymize_photo(image, detector=detector, pipeline=pipe, options=AnonymizeOptions(seed=0))
-    result.image, result.faces
+    result.image, result.outcomes
+
+The stages (``find_faces``, ``select_faces``, ``plan_crops``, ``cut_crops``, ``replace_crops``,
+``paste_faces``, ``face_outcomes``) are public for callers that run them one by one: see
+:mod:`face_anon.orchestration.stages`.
 """
 
 from .detection import CenterFaceDetector, Face, FaceDetector, load_detector
+from .errors import FaceAnonError, ImageLoadError, InputError, ModelLoadError
 from .geometry.alignment import Alignment, crop_face, ffhq_alignment, refine_landmarks
 from .geometry.blending import face_mask, paste_face
-from .io.images import ImageLoadError, load_image
-from .orchestration.batch import FileJob, FileReport, plan_jobs, process_files
-from .orchestration.photo import (
-    AnonymizeOptions,
-    FaceOutcome,
-    PhotoResult,
-    anonymize_photo,
-    anonymize_photos,
-    detect_faces,
+from .io.files import FileJob, FilePlan, Journal, check_report_path, plan_files, write_atomic
+from .io.images import load_image
+from .orchestration.batch import FileRun, engine_settings, process_files
+from .orchestration.options import AnonymizeOptions
+from .orchestration.photo import PhotoResult, anonymize_photo, anonymize_photos, make_replacer
+from .orchestration.report import FaceOutcome, FileReport, Status, assemble_report, report_json, summarize
+from .orchestration.stages import (
+    FaceCrop,
+    FaceDecision,
+    FacePlan,
+    FaceSelector,
+    Replacement,
+    apply_on_error,
+    crop_layers,
+    cut_crops,
+    face_outcomes,
+    find_faces,
+    paste_faces,
+    plan_crops,
+    replace_crops,
+    select_faces,
 )
-from .replacers import DiffusionAnonymizer, FaceReplacer, Redactor
+from .replacers import DiffusionAnonymizer, FaceAction, FaceReplacer, Redactor
 from .replacers.diffusion import load_pipeline
 
 
@@ -34,25 +51,53 @@ __all__ = [
     "CenterFaceDetector",
     "DiffusionAnonymizer",
     "Face",
+    "FaceAction",
+    "FaceAnonError",
+    "FaceCrop",
+    "FaceDecision",
     "FaceDetector",
     "FaceOutcome",
+    "FacePlan",
     "FaceReplacer",
+    "FaceSelector",
     "FileJob",
+    "FilePlan",
     "FileReport",
+    "FileRun",
     "ImageLoadError",
+    "InputError",
+    "Journal",
+    "ModelLoadError",
     "PhotoResult",
     "Redactor",
+    "Replacement",
+    "Status",
     "anonymize_photo",
     "anonymize_photos",
+    "apply_on_error",
+    "assemble_report",
+    "check_report_path",
     "crop_face",
-    "detect_faces",
+    "crop_layers",
+    "cut_crops",
+    "engine_settings",
     "face_mask",
+    "face_outcomes",
     "ffhq_alignment",
+    "find_faces",
     "load_detector",
     "load_image",
     "load_pipeline",
+    "make_replacer",
     "paste_face",
-    "plan_jobs",
+    "paste_faces",
+    "plan_crops",
+    "plan_files",
     "process_files",
     "refine_landmarks",
+    "replace_crops",
+    "report_json",
+    "select_faces",
+    "summarize",
+    "write_atomic",
 ]

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import CASES, MANIFEST, case_call_kwargs, case_latents, load_expected, load_input
+from helpers import ATOL, CASES, case_call_kwargs, case_latents, load_expected, load_input
 
 
-ATOL = MANIFEST["tolerances_suggestion"]["expected_outputs_abs"]
 CASE_A = next(case for case in CASES if case["name"] == "a_anonymize_cfg")
 
 

@@ -6,14 +6,18 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import load_input
 from diffusers import (
+    AutoencoderTiny,
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from helpers import load_input, manual_anonymization
+
+from pipeline_face_anon import FaceAnonPipeline
 
 
 SIZE = 64
@@ -115,12 +119,6 @@ def test_guidance_one_runs_the_unet_on_the_unpaired_batch(tiny_pipeline):
     assert batches == [1, 1, 2, 2]
 
 
-def test_reference_states_are_released_after_the_call(tiny_pipeline):
-    run(tiny_pipeline)
-    processors = tiny_pipeline.install_reference_processors().values()
-    assert all(p.reference_states is None and p._reference_key is None for p in processors)
-
-
 # ------------------------------------------------------------------------------------------ inputs and outputs
 
 
@@ -175,15 +173,96 @@ def test_output_types_agree(tiny_pipeline):
 # ------------------------------------------------------------------------------------------ schedulers, dtypes
 
 
-@pytest.mark.parametrize(
-    "scheduler_class",
-    [DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler],
-)
-def test_schedulers_swapped_in_from_config(fresh_pipeline, scheduler_class):
+SCHEDULERS = [
+    DDPMScheduler,  # stochastic: step noise from the generator
+    DDIMScheduler,
+    EulerDiscreteScheduler,  # scales the model input, init_noise_sigma > 1
+    DPMSolverMultistepScheduler,  # keeps the previous model outputs
+    UniPCMultistepScheduler,
+    HeunDiscreteScheduler,  # second order: two UNet calls per step
+]
+
+
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS, ids=[c.__name__ for c in SCHEDULERS])
+def test_schedulers_swapped_in_from_config_match_a_manual_loop(fresh_pipeline, scheduler_class):
+    """Each scheduler in the pipeline gives what the same scheduler gives in a loop written out step by step
+    (`helpers.manual_anonymization`: raw reference states, no keys and values projected ahead)."""
     fresh_pipeline.scheduler = scheduler_class.from_config(fresh_pipeline.scheduler.config)
-    images = run(fresh_pipeline, num_inference_steps=3)
-    assert np.isfinite(images).all() and images.std() > 1e-3
-    np.testing.assert_array_equal(images, run(fresh_pipeline, num_inference_steps=3))
+    latents = run(fresh_pipeline, num_inference_steps=3, output_type="latent")
+    manual = manual_anonymization(
+        fresh_pipeline,
+        load_input("A"),
+        scheduler_class.from_config(fresh_pipeline.scheduler.config),
+        num_inference_steps=3,
+        size=SIZE,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert latents.abs().mean() > 0.1  # not a degenerate run
+    torch.testing.assert_close(latents, manual, rtol=0, atol=1e-4)  # rounding: other batching, same function
+
+
+def test_ddim_eta_zero_step_is_the_closed_form(fresh_pipeline):
+    """One DDIM step (eta 0, v-prediction) against its formula, from the UNet's own output on the first step."""
+    pipe = fresh_pipeline
+    seen = []
+
+    def record_first_output(module, args, output):
+        if not seen:
+            seen.append(output[0].clone())
+
+    hook = pipe.unet.register_forward_hook(record_first_output)
+    start = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(4))
+    try:
+        after_one_step = []
+        run(
+            pipe,
+            num_inference_steps=4,
+            latents=start,
+            output_type="latent",
+            callback_on_step_end=lambda p, i, t, kwargs: after_one_step.append(kwargs["latents"].clone()) or {},
+        )
+    finally:
+        hook.remove()
+    null_v, source_v = seen[0].chunk(2)
+    v = null_v + 4.0 * (source_v - null_v)
+    config = pipe.scheduler.config
+    betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.num_train_timesteps) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    step = config.num_train_timesteps // 4
+    t = 3 * step + config.steps_offset  # "leading" spacing: 751, 501, 251, 1
+    a_t, a_prev = alphas_cumprod[t], alphas_cumprod[t - step]
+    x0 = a_t.sqrt() * start - (1 - a_t).sqrt() * v
+    eps = a_t.sqrt() * v + (1 - a_t).sqrt() * start
+    torch.testing.assert_close(after_one_step[0], a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, rtol=0, atol=1e-5)
+
+
+def test_tiny_autoencoder_as_vae(fresh_pipeline):
+    """`AutoencoderTiny` (TAESD-style, no posterior) works as `vae`: its latents are used as they are, so with given
+    initial noise and a deterministic scheduler the seed changes nothing; the pipeline equals the manual loop."""
+    torch.manual_seed(0)
+    tiny_vae = AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    pipe = FaceAnonPipeline(**{**fresh_pipeline.components, "vae": tiny_vae})
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == fresh_pipeline.vae_scale_factor == 2
+    latents = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(3))
+    first = run(pipe, latents=latents, output_type="latent", generator=torch.Generator().manual_seed(1))
+    second = run(pipe, latents=latents, output_type="latent", generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    manual = manual_anonymization(
+        pipe, load_input("A"), DDIMScheduler.from_config(pipe.scheduler.config), num_inference_steps=2, size=SIZE,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    torch.testing.assert_close(run(pipe, output_type="latent"), manual, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        decoded = tiny_vae.decode(first / tiny_vae.config.scaling_factor).sample
+    expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(run(pipe, latents=latents), expected, rtol=0, atol=1e-5)
 
 
 def test_float16_matches_float32(fresh_pipeline):
@@ -222,10 +301,37 @@ def test_cuda_float16_matches_float32(fresh_pipeline):
 # ------------------------------------------------------------------------------------------ progress, callbacks
 
 
-def test_progress_bar_counts_the_steps(fresh_pipeline, capsys):
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, HeunDiscreteScheduler])
+def test_progress_bar_counts_the_steps(fresh_pipeline, capsys, scheduler_class):
+    """Counted as diffusers counts: Heun (second order) calls the UNet 5 times for 3 steps, and shows 3/3."""
+    fresh_pipeline.scheduler = scheduler_class.from_config(fresh_pipeline.scheduler.config)
     fresh_pipeline.set_progress_bar_config(disable=False)
     run(fresh_pipeline, num_inference_steps=3)
-    assert "3/3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3/3" in err and "4/3" not in err and "5/3" not in err
+
+
+def test_interrupt_from_a_callback_stops_the_loop(tiny_pipeline):
+    """diffusers' way (`pipe._interrupt = True` in the callback): the remaining steps are skipped."""
+    seen = []
+
+    def stop_after_two(pipe, step, timestep, callback_kwargs):
+        seen.append(step)
+        if step == 1:
+            pipe._interrupt = True
+        return {}
+
+    latents = run(tiny_pipeline, num_inference_steps=4, output_type="latent", callback_on_step_end=stop_after_two)
+    assert seen == [0, 1]
+    two_steps = []
+    run(
+        tiny_pipeline,
+        num_inference_steps=4,
+        output_type="latent",
+        callback_on_step_end=lambda p, i, t, kwargs: two_steps.append(kwargs["latents"].clone()) or {},
+    )
+    torch.testing.assert_close(latents, two_steps[1], rtol=0, atol=0)
+    assert len(two_steps) == 4 and tiny_pipeline.interrupt is False  # the next call starts uninterrupted
 
 
 def test_callback_on_step_end_sees_and_replaces_latents(tiny_pipeline):

@@ -1,10 +1,22 @@
-"""The attention processors and the UNet <-> ReferenceNet layer pairing."""
+"""The attention processors, the UNet <-> ReferenceNet layer pairing, and how the processors come and go."""
 
+import logging
+
+import numpy as np
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from helpers import load_input
 
-from modeling_referencenet import ReferenceAttnProcessor, reference_layer_name
+from modeling_referencenet import (
+    ReferenceAttnProcessor,
+    UnpairedAttnProcessor,
+    install_reference_processors,
+    reference_layer_name,
+)
+
+
+LAYER = "down_blocks.0.attentions.0.transformer_blocks.0"
 
 
 def concatenated_attention(attn: Attention, own: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -20,38 +32,43 @@ def random_attention(generator: torch.Generator) -> Attention:
     return attn
 
 
+def self_attention_names(model: torch.nn.Module) -> list[str]:
+    """The self-attention modules of a UNet, found by walking its modules (not through its processors)."""
+    return [name for name, module in model.named_modules() if isinstance(module, Attention) and name.endswith("attn1")]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_query_only_cached_attention_equals_concatenated_attention(dtype):
-    """Same function as the reference form, and in float16 no less accurate than it (against float32)."""
+def test_query_only_attention_equals_concatenated_attention(dtype):
+    """Same function as the reference form, for both ways of passing the reference tokens, and in float16 no less
+    accurate than the reference form (against float32)."""
     generator = torch.Generator().manual_seed(0)
     attn = random_attention(generator)
     attn_in_dtype = random_attention(torch.Generator().manual_seed(0)).to(dtype)
     batch, tokens = 3, 40
-    processor = ReferenceAttnProcessor("down_blocks.0.attentions.0.transformer_blocks.0")
-
-    def check(own, reference):
-        exact = concatenated_attention(attn, own, reference)
-        reference_form = concatenated_attention(attn_in_dtype, own.to(dtype), reference.to(dtype))
-        ours = processor(attn_in_dtype, own.to(dtype))
-        assert ours.dtype == dtype
-        error, reference_error = (ours.float() - exact).abs().max(), (reference_form.float() - exact).abs().max()
-        assert error <= 2 * reference_error + 1e-5, (error, reference_error)
+    processor = ReferenceAttnProcessor(LAYER, f"{LAYER}.attn1")
 
     with torch.no_grad():
-        reference = torch.randn(batch, 2 * tokens, 64, generator=generator)  # [source ; driving]
-        processor.set_reference_states(reference.to(dtype))
-        for _ in range(2):  # the second call reuses the cached reference keys and values
-            check(torch.randn(batch, tokens, 64, generator=generator), reference)
-        new_reference = torch.randn(batch, 2 * tokens, 64, generator=generator)
-        processor.set_reference_states(new_reference.to(dtype))  # must drop the previous states' cache
-        check(torch.randn(batch, tokens, 64, generator=generator), new_reference)
+        for _ in range(2):
+            own = torch.randn(batch, tokens, 64, generator=generator)
+            reference = torch.randn(batch, 2 * tokens, 64, generator=generator)  # [source ; driving]
+            exact = concatenated_attention(attn, own, reference)
+            reference_form = concatenated_attention(attn_in_dtype, own.to(dtype), reference.to(dtype))
+            keys_values = {f"{LAYER}.attn1": processor.project(attn_in_dtype, reference.to(dtype))}
+            from_states = processor(attn_in_dtype, own.to(dtype), reference_states={LAYER: reference.to(dtype)})
+            from_keys_values = processor(attn_in_dtype, own.to(dtype), reference_keys_values=keys_values)
+            torch.testing.assert_close(from_keys_values, from_states, rtol=0, atol=0)
+            assert from_states.dtype == dtype
+            error, reference_error = (from_states.float() - exact).abs().max(), (reference_form.float() - exact).abs().max()
+            assert error <= 2 * reference_error + 1e-5, (error, reference_error)
 
 
-def test_processor_without_states_fails_loudly():
+def test_processor_without_reference_tokens_fails_naming_the_layer():
     attn = Attention(query_dim=8, heads=1, dim_head=8)
-    processor = ReferenceAttnProcessor("mid_block.attentions.0.transformer_blocks.0")
-    with pytest.raises(RuntimeError, match="mid_block.attentions.0.transformer_blocks.0"):
+    processor = ReferenceAttnProcessor("mid_block.attentions.0.transformer_blocks.0", "mid_block.attentions.0.x.attn1")
+    with pytest.raises(ValueError, match=r"mid_block\.attentions\.0\.x\.attn1.*mid_block\.attentions\.0\."):
         processor(attn, torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="mid_block.attentions.0.transformer_blocks.0"):  # states of other layers
+        processor(attn, torch.zeros(1, 4, 8), reference_states={LAYER: torch.zeros(1, 8, 8)})
 
 
 @pytest.mark.parametrize(
@@ -74,16 +91,24 @@ def test_reference_layer_pairing(unet_layer, reference_layer):
     assert reference_layer_name(unet_layer) == reference_layer
 
 
-def test_pipeline_pairs_every_unet_self_attention(tiny_pipeline):
-    processors = tiny_pipeline.unet.attn_processors
-    self_attentions = [name for name in processors if name.endswith("attn1.processor")]
-    assert self_attentions and all(isinstance(processors[name], ReferenceAttnProcessor) for name in self_attentions)
-    # cross-attention keeps diffusers' processor
-    assert not any(isinstance(p, ReferenceAttnProcessor) for name, p in processors.items() if "attn2" in name)
-    # the ReferenceNets provide exactly the states the UNet asks for: one per block with attentions
-    wanted = {processors[name].reference_layer for name in self_attentions}
-    assert set(tiny_pipeline.referencenet.state_layer_names) == wanted
-    assert len(wanted) == 5  # tiny UNet: 2 down blocks, mid, 2 up blocks with attentions
+def test_install_pairs_every_unet_self_attention_and_can_be_undone(fresh_pipeline):
+    unet = fresh_pipeline.unet
+    before = unet.attn_processors
+    previous = install_reference_processors(unet)
+    processors = unet.attn_processors
+    assert previous.keys() == before.keys() and all(previous[k] is before[k] for k in before)
+    self_attentions = self_attention_names(unet)
+    paired = {name: p for name, p in processors.items() if isinstance(p, ReferenceAttnProcessor)}
+    assert sorted(p.attention_name for p in paired.values()) == sorted(self_attentions)
+    assert all(p.reference_layer == reference_layer_name(p.attention_name) for p in paired.values())
+    # every other attention (cross-attention) runs diffusers' attention, naming the reference arguments
+    assert all(type(p) is UnpairedAttnProcessor for name, p in processors.items() if name not in paired)
+    # the ReferenceNets provide exactly the states the UNet asks for
+    assert set(fresh_pipeline.referencenet.state_layer_names) == {p.reference_layer for p in paired.values()}
+    assert install_reference_processors(unet).keys() == processors.keys()  # idempotent: nothing replaced
+    assert all(unet.attn_processors[k] is processors[k] for k in processors)
+    unet.set_attn_processor(previous)
+    assert all(unet.attn_processors[k] is before[k] for k in before)
 
 
 def test_referencenet_states_are_the_self_attention_inputs(tiny_pipeline):
@@ -104,8 +129,59 @@ def test_referencenet_states_are_the_self_attention_inputs(tiny_pipeline):
     assert all(state.shape[0] == 2 for state in states.values())
 
 
-def test_pipeline_reinstalls_processors_replaced_since(fresh_pipeline):
-    fresh_pipeline.unet.set_attn_processor(AttnProcessor2_0())
-    processors = fresh_pipeline.install_reference_processors()
-    assert len(processors) == 11  # tiny UNet self-attentions: 2 x 2 down, 1 mid, 2 x 3 up
-    assert all(isinstance(p, ReferenceAttnProcessor) for p in processors.values())
+def test_referencenet_is_differentiable():
+    """Training backpropagates through the states (the contract `face_anon_training` relies on)."""
+    from modeling_referencenet import ReferenceNetModel
+
+    torch.manual_seed(0)
+    net = ReferenceNetModel(
+        sample_size=8,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=8,
+        attention_head_dim=2,
+        layers_per_block=1,
+    )
+    states = net(torch.randn(1, 4, 8, 8), 0, torch.randn(1, 1, 16)).states
+    sum(state.square().mean() for state in states.values()).backward()
+    block = net.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0")
+    assert block.norm1.weight.grad is not None and block.norm1.weight.grad.abs().sum() > 0
+
+
+def run(pipe, **kwargs):
+    kwargs = {"num_inference_steps": 2, "height": 64, "width": 64, "output_type": "np", **kwargs}
+    return pipe(load_input("A"), generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+def test_set_default_attn_processor_works_before_and_after_calls(fresh_pipeline):
+    """Outside a call the UNet carries the processors it had (the pipeline installs its own per call), so diffusers'
+    `set_default_attn_processor` works on every component, and the next call gives the same images."""
+    pipe = fresh_pipeline
+    before = pipe.unet.attn_processors
+    expected = run(pipe)
+    assert all(pipe.unet.attn_processors[k] is before[k] for k in before)
+    for component in pipe.components.values():
+        if hasattr(component, "set_default_attn_processor"):
+            component.set_default_attn_processor()
+    assert all(type(p) is AttnProcessor for p in pipe.unet.attn_processors.values())
+    np.testing.assert_allclose(run(pipe), expected, rtol=0, atol=1e-5)  # the VAE's default attention rounds otherwise
+    assert all(type(p) is AttnProcessor for p in pipe.unet.attn_processors.values())  # put back after the call
+    pipe.unet.set_default_attn_processor()  # and works again after it
+    pipe.referencenet.set_default_attn_processor()
+
+
+def test_a_call_logs_no_warning_about_unexpected_attention_arguments(fresh_pipeline):
+    """`Attention.forward` warns for every layer whose processor does not name a passed argument (it would once per
+    layer and step); our processors name them all."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(handler)
+    try:
+        run(fresh_pipeline)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    assert not [r for r in records if "are not expected by" in r.getMessage()]

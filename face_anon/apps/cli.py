@@ -1,19 +1,29 @@
 """``face-anon``: anonymize every face in photos and folders of photos.
 
-A thin layer: parse the arguments, call ``face_anon.files``, show progress, write the report.
+A thin layer: parse the arguments, call the library (plan the files, run them, assemble the report),
+show progress, write the report. Every check of a value lives in the library; a bad value exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import dataclasses
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from ..detection import DETECTOR_NAMES, load_detector
-from ..io.images import DEFAULT_MAX_PIXELS, write_atomic
-from ..orchestration.batch import FileReport, plan_jobs, process_files
-from ..orchestration.photo import ON_ERROR_CHOICES, AnonymizeOptions
+from ..detection import load_detector
+from ..errors import InputError, ModelLoadError
+from ..io.files import Journal, check_report_path, plan_files, write_atomic
+from ..io.images import DEFAULT_MAX_PIXELS, load_image
+from ..io.video import DEFAULT_CRF
+from ..orchestration.batch import FileRun, engine_settings, process_files
+from ..orchestration.options import LIMITS, ON_ERROR_CHOICES, AnonymizeOptions, check_option
+from ..orchestration.report import Status, assemble_report, exit_status, report_json, summarize
+from ..orchestration.video import VideoOptions, VideoProgress, identity_crop
 from ..replacers.base import MODES
 from ..replacers.diffusion import DTYPES, load_pipeline, resolve_device, resolve_dtype
 
@@ -23,6 +33,8 @@ Anonymize every face in photos with the diffusion model of "Face Anonymization M
 (WACV 2025), or blur, pixelate or black them out. Faces are found with the bundled CenterFace
 detector, aligned as FFHQ was, replaced in batches and blended back with a soft mask: pixels
 outside the faces are left as they were. Metadata (EXIF, GPS, XMP, comments) is removed.
+Videos (mp4, mov, mkv, webm, avi) are tracked: one new identity per person, every frame covered,
+timestamps, audio and rotation kept, location tags and data streams removed.
 """
 
 EPILOG = """\
@@ -31,34 +43,37 @@ examples:
   face-anon holidays/ -o holidays_anon/ --batch-size 8 --json report.json
   face-anon scans/ -o scans_blurred/ --mode blur
   face-anon photo.jpg -o out/ --model ./face-anon-converted --device cuda --dtype float16
+  face-anon clip.mp4 -o clip_anon.mp4 --crf 18
 
-Outputs that already exist are skipped, so an interrupted run can simply be started again.
-Exit status: 0 when every photo was written, 1 when some photo failed, 2 for bad arguments.
+Every output is recorded in OUTPUT's journal (.face-anon-journal.jsonl). Started again, a run skips
+the outputs it wrote from the same input with the same settings, redoes its own outputs made with
+other settings, and never touches a file it did not write (that input is an error).
+Exit status: 0 when every photo was written (or skipped), 1 when some photo failed, 2 for bad
+arguments, 130 / 143 when interrupted by SIGINT / SIGTERM (the report lists what was not processed).
 """
 
 
-class _ModelLoadError(RuntimeError):
-    """The face model could not be loaded; every photo with faces would fail."""
+def _option_type(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that checks the value with the library's own limits for option ``name``."""
+
+    def convert(text: str) -> Any:
+        expected = LIMITS[name][1]
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {expected} (sets {name})") from None
+        try:
+            return check_option(name, value)
+        except InputError:
+            raise argparse.ArgumentTypeError(f"got {text}, expected {expected} (sets {name})") from None
+
+    return convert
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {value}, expected a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"got {text}, expected a number >= 0")
     return value
 
 
@@ -69,102 +84,202 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
-    parser.add_argument(
+    add = parser.add_argument
+    add("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders (searched recursively)")
+    add(
         "-o",
         "--output",
         required=True,
         metavar="OUTPUT",
-        help="output folder, or an image file name when there is a single input file",
+        help="output folder, or a file name (image for a photo, video for a video) when there is a single input file",
     )
-    parser.add_argument(
+    add(
         "--model",
         metavar="REPO_OR_DIR",
         default=None,
         help="converted face-anon pipeline (Hub id or folder); default: assemble the authors' published weights",
     )
-    parser.add_argument("--mode", choices=MODES, default="anonymize", help="what to do with faces (default: anonymize)")
-    parser.add_argument("--degree", type=_non_negative_float, default=1.25, help="anonymization degree (default: 1.25)")
-    parser.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default: 25)")
-    parser.add_argument("--guidance", type=_non_negative_float, default=4.0, help="guidance scale (default: 4.0)")
-    parser.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="face i of a photo uses seed + i (default: 0)"
+    add("--mode", choices=MODES, default="anonymize", help="what to do with faces (default: anonymize)")
+    add(
+        "--degree",
+        "--anonymization-degree",
+        dest="anonymization_degree",
+        type=_option_type("anonymization_degree", float),
+        default=1.25,
+        metavar="DEGREE",
+        help=f"sets anonymization_degree: {LIMITS['anonymization_degree'][1]} (default: 1.25)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=4, help="faces per model call (default: 4)")
-    parser.add_argument(
+    add(
+        "--steps",
+        "--num-inference-steps",
+        dest="num_inference_steps",
+        type=_option_type("num_inference_steps", int),
+        default=25,
+        metavar="STEPS",
+        help="sets num_inference_steps: denoising steps, a positive integer (default: 25)",
+    )
+    add(
+        "--guidance",
+        "--guidance-scale",
+        dest="guidance_scale",
+        type=_option_type("guidance_scale", float),
+        default=4.0,
+        metavar="SCALE",
+        help="sets guidance_scale: classifier-free guidance, a finite number >= 0 (default: 4.0)",
+    )
+    add(
+        "--seed",
+        type=_option_type("seed", int),
+        default=0,
+        help="sets seed: face i of a photo uses seed + i, an integer >= 0 (default: 0)",
+    )
+    add(
+        "--batch-size",
+        type=_option_type("batch_size", int),
+        default=4,
+        help="sets batch_size: faces per model call, a positive integer (default: 4)",
+    )
+    add(
         "--size",
-        type=_positive_int,
+        dest="crop_size",
+        type=_option_type("crop_size", int),
         default=None,
         metavar="PIXELS",
-        help="side of the aligned face crops (default: the model's size, 512; 256 for blur/pixelate/black)",
+        help="sets crop_size: side of the aligned face crops (default: the model's size, 512; 256 for "
+        "blur/pixelate/black)",
     )
-    parser.add_argument(
+    add(
         "--min-face-size",
-        type=_non_negative_float,
+        type=_option_type("min_face_size", float),
         default=0.0,
         metavar="PIXELS",
-        help="leave faces smaller than this alone (longer side of the box; default: 0, treat all)",
+        help="sets min_face_size: leave faces smaller than this alone (longer side of the box; default: 0, treat all)",
     )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.3,
-        help="detector score threshold, 0..1 (default: 0.3)",
-    )
-    parser.add_argument(
-        "--detector", choices=DETECTOR_NAMES, default="centerface", help="face detector (default: centerface)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument(
-        "--dtype", choices=DTYPES, default="auto", help="model dtype (default: float16 on GPU, else float32)"
-    )
-    parser.add_argument(
+    add("--threshold", type=float, default=0.3, help="detector score threshold, between 0 and 1 (default: 0.3)")
+    add("--detector", default="centerface", help="face detector (default: centerface)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add("--dtype", choices=DTYPES, default="auto", help="model dtype (default: float16 on GPU, else float32)")
+    add(
         "--on-error",
         choices=ON_ERROR_CHOICES,
         default="fail",
-        help="a face that cannot be anonymized: fail = write nothing for that photo (default); redact = black it out",
+        help="sets on_error: a face that cannot be anonymized: fail = write nothing for that photo (default); "
+        "redact = black it out",
     )
-    parser.add_argument("--keep-metadata", action="store_true", help="keep EXIF (incl. GPS), XMP and comments")
-    parser.add_argument(
+    add("--keep-metadata", action="store_true", help="keep EXIF (incl. GPS), XMP and comments")
+    add(
         "--max-pixels",
         type=_positive_int,
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
         help=f"refuse images with more pixels than this (default: {DEFAULT_MAX_PIXELS})",
     )
-    parser.add_argument("--json", metavar="REPORT", default=None, help="write a JSON report: one object per input")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add(
+        "--json",
+        metavar="REPORT",
+        default=None,
+        help="write a JSON report, one object per input; refused (before any work) if REPORT is an input, an "
+        "output, the journal, or an existing file that is not a face-anon report",
+    )
+    # Videos (helper E).
+    add(
+        "--crf",
+        type=int,
+        default=DEFAULT_CRF,
+        help=f"video quality, 0 (lossless) to 51; 18 is visually lossless (default: {DEFAULT_CRF})",
+    )
+    add(
+        "--identity",
+        metavar="FACE.png",
+        default=None,
+        help="videos, mode anonymize: give every person this face's identity instead of a new one per person "
+        "(an image with exactly one face)",
+    )
+    add("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def _summary(reports: Sequence[FileReport]) -> str:
-    counts = {status: sum(r.status == status for r in reports) for status in ("ok", "no_faces", "error")}
-    skipped = sum(r.skipped for r in reports)
-    faces = sum(len(r.outcomes) for r in reports)
-    text = (
-        f"{len(reports)} photos: {counts['ok']} with faces, {counts['no_faces']} without, "
-        f"{counts['error']} failed; {faces} faces"
-    )
-    return text + (f" ({skipped} already written, skipped)" if skipped else "")
+class _VideoBar:
+    """A second progress bar, in frames, for the video being worked on; faces/s in its postfix."""
+
+    def __init__(self, tqdm, disable: bool) -> None:
+        self.tqdm, self.disable, self.bar, self.input = tqdm, disable, None, None
+
+    def __call__(self, progress: VideoProgress) -> None:
+        if self.bar is None or self.input != progress.input:
+            self.close()
+            self.input = progress.input
+            self.bar = self.tqdm(
+                total=progress.frames, unit="frame", desc=progress.input.name, leave=False, position=1,
+                disable=self.disable, file=sys.stderr,
+            )
+        self.bar.update(progress.frame - self.bar.n)
+        elapsed = self.bar.format_dict.get("elapsed") or 0.0
+        if elapsed > 0:
+            self.bar.set_postfix_str(f"{progress.faces / elapsed:.1f} faces/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: stop, write the report, exit 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM is handled like Ctrl-C: the first one stops the run (the current write is abandoned
+    atomically), later ones are ignored so the report can still be written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if not received:
+            received.append(signum)
+            raise _Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # 1. Check everything before any work: options, files, report path, detector, device.
     try:
         options = AnonymizeOptions(
             mode=args.mode,
-            degree=args.degree,
-            steps=args.steps,
-            guidance=args.guidance,
+            anonymization_degree=args.anonymization_degree,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
             seed=args.seed,
             batch_size=args.batch_size,
-            crop_size=args.size,
+            crop_size=args.crop_size,
             min_face_size=args.min_face_size,
             on_error=args.on_error,
         )
-        jobs = plan_jobs(args.inputs, args.output)
+        video = VideoOptions(crf=args.crf)
+        plan = plan_files(args.inputs, args.output)
+        report_path = None if args.json is None else check_report_path(args.json, plan)
         detector = load_detector(args.detector, threshold=args.threshold)
+        identity = None
+        if args.identity is not None:
+            if args.mode != "anonymize":
+                raise InputError("--identity", args.identity, detail=f"needs --mode anonymize, not {args.mode}")
+            identity = load_image(args.identity).rgb
+            identity_crop(identity, detector=detector, crop_size=64)  # exactly one face, or exit 2
         if args.mode == "anonymize":
             resolve_dtype(args.dtype, resolve_device(args.device))
     except ValueError as error:
@@ -174,44 +289,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return load_pipeline(args.model, args.device, args.dtype)
         except Exception as error:  # noqa: BLE001 - reported as one clear line, then exit 1
-            raise _ModelLoadError(f"cannot load the model (--model {args.model or 'default'}): {error}") from error
+            raise ModelLoadError(f"cannot load the model (--model {args.model or 'default'}): {error}") from error
 
+    run = FileRun(
+        options=options,
+        journal=Journal(plan.journal),
+        keep_metadata=args.keep_metadata,
+        max_pixels=args.max_pixels,
+        settings=engine_settings(
+            options, detector=args.detector, threshold=args.threshold, model=args.model, dtype=args.dtype
+        ),
+        video=video,
+        identity=identity,
+    )
+
+    # 2. Run, one report row per file as it completes.
     from tqdm.auto import tqdm
 
-    reports: dict = {}
+    reports = []
     stopped = None  # why the run ended early, if it did
-    try:
-        with tqdm(total=len(jobs), unit="photo", disable=args.quiet, file=sys.stderr) as progress:
-            for report in process_files(
-                jobs,
-                detector=detector,
-                options=options,
-                load_pipeline=load_model,
-                keep_metadata=args.keep_metadata,
-                max_pixels=args.max_pixels,
-            ):
-                reports[report.input] = report
-                if report.status == "error":
-                    progress.write(f"face-anon: {report.input}: {report.error}", file=sys.stderr)
-                progress.update(1)
-    except _ModelLoadError as error:
-        print(f"face-anon: {error}", file=sys.stderr)
-        stopped = str(error)
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        raise
-    finally:
-        # Every input gets an entry; ones the run did not reach say why (nothing was written for them).
-        ordered = [
-            reports.get(job.input) or FileReport(job.input, None, "error", f"not processed: {stopped or 'stopped'}")
-            for job in jobs
-        ]
-        if args.json is not None:
-            text = json.dumps([report.to_json() for report in ordered], indent=2)
-            write_atomic(args.json, (text + "\n").encode("utf-8"))
-        if not args.quiet or any(r.status == "error" for r in ordered):
-            print(f"face-anon: {_summary(ordered)}", file=sys.stderr)
-    return 1 if any(report.status == "error" for report in ordered) else 0
+    interrupted = None
+    with _signals_interrupt():
+        try:
+            video_bar = _VideoBar(tqdm, args.quiet)
+            run = dataclasses.replace(run, video_progress=video_bar)
+            with tqdm(total=len(plan.jobs), unit="file", disable=args.quiet, file=sys.stderr) as progress:
+                for report in process_files(plan, detector=detector, run=run, load_pipeline=load_model):
+                    video_bar.close()
+                    reports.append(report)
+                    if report.status is Status.ERROR:
+                        progress.write(f"face-anon: {report.input}: {report.error}", file=sys.stderr)
+                    progress.update(1)
+        except ModelLoadError as error:
+            print(f"face-anon: {error}", file=sys.stderr)
+            stopped = str(error)
+        except KeyboardInterrupt as error:
+            interrupted = error.signum if isinstance(error, _Interrupted) else signal.SIGINT
+            stopped = "interrupted"
+        finally:
+            # 3. The report: every input gets a row; ones the run did not reach say why.
+            rows = assemble_report(plan, reports, stopped=stopped, journal=run.journal)
+            if report_path is not None:
+                write_atomic(report_path, report_json(rows).encode("utf-8"))
+            if not args.quiet or stopped or any(row.status is Status.ERROR for row in rows):
+                print(f"face-anon: {summarize(rows)}", file=sys.stderr)
+    if interrupted is not None:
+        print(f"face-anon: interrupted by {signal.Signals(interrupted).name}", file=sys.stderr)
+        return 128 + int(interrupted)
+    return exit_status(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

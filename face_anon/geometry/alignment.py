@@ -69,6 +69,18 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
+def pixel_window(points: np.ndarray, image_size: tuple[int, int], *, margin: int) -> tuple[int, int, int, int]:
+    """The pixels ``[x0, x1) x [y0, y1)`` covering ``points`` (N, 2) and ``margin`` more on every side,
+    clipped to an image of ``image_size`` = (width, height); empty (x1 <= x0 or y1 <= y0) when the
+    points lie wholly outside it. The margin is what an interpolation reads around a sample."""
+    width, height = image_size
+    x0 = max(0, int(math.floor(points[:, 0].min())) - margin)
+    y0 = max(0, int(math.floor(points[:, 1].min())) - margin)
+    x1 = min(width, int(math.ceil(points[:, 0].max())) + margin + 1)
+    y1 = min(height, int(math.ceil(points[:, 1].max())) + margin + 1)
+    return x0, y0, x1, y1
+
+
 def ffhq_alignment(landmarks: np.ndarray, size: int, *, eye_scale: float = 1.0) -> Alignment:
     """The FFHQ crop of a face as an :class:`Alignment` to a ``size`` x ``size`` square.
 
@@ -143,11 +155,7 @@ def crop_face(image: np.ndarray, alignment: Alignment) -> np.ndarray:
     was trained on. Only the image region under the crop is read, so this is cheap on large photos.
     """
     height, width = image.shape[:2]
-    corners = alignment.image_corners()
-    x0 = max(0, int(math.floor(corners[:, 0].min())) - 2)
-    y0 = max(0, int(math.floor(corners[:, 1].min())) - 2)
-    x1 = min(width, int(math.ceil(corners[:, 0].max())) + 3)
-    y1 = min(height, int(math.ceil(corners[:, 1].max())) + 3)
+    x0, y0, x1, y1 = pixel_window(alignment.image_corners(), (width, height), margin=2)  # 2: bicubic support
     if x1 <= x0 or y1 <= y0:  # crop lies wholly outside the image: reflect the whole image
         x0, y0, x1, y1 = 0, 0, width, height
     region = image[y0:y1, x0:x1]
@@ -168,11 +176,11 @@ def refine_landmarks(
 ) -> np.ndarray | None:
     """Re-detect a face on its own upright crop at a few scales (and mirrored) and average the landmarks.
 
-    A single detection's landmarks wobble by several percent of the face size (CenterFace on the
-    FFHQ image 00482: eye distance from 135 to 150 px depending on the input scale), which moves an
-    FFHQ crop by as much. On the crop the face is upright and of a known size, and the average of
-    the runs is steadier; a mirrored run cancels left/right bias. Returns the refined (5, 2)
-    landmarks in image coordinates, or None when no run found the face again.
+    Why: one detection's landmarks wobble by several percent of the face size, and the FFHQ crop
+    moves with them; on its own crop the face is upright and of a known size, the average of the runs
+    is steadier and a mirrored run cancels left/right bias (measurements: ``benchmarks/README.md``,
+    "Whole photos"). Returns the refined (5, 2) landmarks in image coordinates, or None when no run
+    found the face again (a neighbour's face, more than a quarter of the crop away, does not count).
     """
     working = max(sizes)
     rough = ffhq_alignment(landmarks, working)

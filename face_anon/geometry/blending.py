@@ -7,13 +7,12 @@ pixel outside all faces' masks keeps its original bytes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .alignment import Alignment, transform_points, warp
+from .alignment import Alignment, pixel_window, transform_points, warp
 
 
 # Where the face lies in an FFHQ-aligned crop, as fractions of its side: an ellipse from forehead to
@@ -85,12 +84,8 @@ def face_region(alignment: Alignment, mask: np.ndarray, image_size: tuple[int, i
 
     Returns None when the mask misses the photo entirely.
     """
-    width, height = image_size
     corners = transform_points(alignment.inverse, mask_support_in_crop(alignment.size))
-    x0 = max(0, int(math.floor(corners[:, 0].min())) - 1)
-    y0 = max(0, int(math.floor(corners[:, 1].min())) - 1)
-    x1 = min(width, int(math.ceil(corners[:, 0].max())) + 2)
-    y1 = min(height, int(math.ceil(corners[:, 1].max())) + 2)
+    x0, y0, x1, y1 = pixel_window(corners, image_size, margin=1)  # 1: bilinear support
     if x1 <= x0 or y1 <= y0:
         return None
     alpha = warp(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+
+from ..errors import ImageLoadError
 
 
 # Pillow's format names for the extensions we write, and the extensions a folder scan picks up.
@@ -34,10 +35,6 @@ FORMATS_BY_EXTENSION = {
 IMAGE_EXTENSIONS = frozenset(FORMATS_BY_EXTENSION)
 DEFAULT_MAX_PIXELS = 100_000_000
 EXIF_ORIENTATION = 0x0112
-
-
-class ImageLoadError(ValueError):
-    """A file that cannot be read as a photo; the message says why in words a user can act on."""
 
 
 @dataclass
@@ -247,21 +244,10 @@ def encode_image(image: PIL.Image.Image, fmt: str, metadata: Metadata | None = N
     return buffer.getvalue()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def __getattr__(name: str):
+    """``write_atomic`` moved to :mod:`face_anon.io.files` (which imports this module); still importable here."""
+    if name == "write_atomic":
+        from .files import write_atomic
 
-    A reader (or a resumed run) sees either no file or the whole file, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden, so folder scans skip it; created with "x" so the usual umask-based permissions apply.
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    try:
-        with open(temporary, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        return write_atomic
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,244 +1,330 @@
-"""Files and folders: which outputs to write, and writing them safely and resumably.
+"""Files: each input read, its faces found and replaced in batches across files, its output written safely.
 
-``plan_jobs`` turns inputs and an output into (input, output) pairs; ``process_files`` runs them,
-batching faces across photos, and yields one :class:`FileReport` per input. Outputs are written
-atomically and never over an existing file, so an interrupted run resumes where it stopped.
+Per file, three steps a distributed runner can also call one by one:
+
+- :func:`open_file`: hash the input, ask the journal whether an existing output may be skipped, load
+  the photo, find and select its faces; a file with nothing to replace is written right away.
+- :func:`finish_files`: replace the faces of several opened files in shared batches and write each.
+- :func:`write_output`: journal, then atomically write one output.
+
+:func:`process_files` chains them over a :class:`~face_anon.io.files.FilePlan`. Every per-file failure
+(unreadable file, detector or replacer error, disk full) becomes that file's ``error`` row and the
+batch goes on; only a model that cannot be loaded stops it (:class:`~face_anon.errors.ModelLoadError`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..detection import Face, FaceDetector
+from ..errors import FaceAnonError, ModelLoadError
+from ..io.files import FileJob, FilePlan, Journal, Resume, ResumeState, resume_state, sha256_bytes, write_atomic
 from ..io.images import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
     LoadedImage,
     Metadata,
     encode_image,
     format_for,
     load_image,
     merge_into_source,
-    write_atomic,
 )
 from ..io.jpeg import strip_jpeg
-from ..replacers.base import ACTIONS
-from .photo import IGNORED_SMALL, AnonymizeOptions, FaceOutcome, anonymize_photos, detect_faces, make_replacer
+from ..io.video import is_video_path
+from ..replacers import FaceReplacer
+from ..replacers.base import FaceAction
+from .options import AnonymizeOptions, settings_fingerprint
+from .photo import PhotoResult, anonymize_photos, make_replacer
+from .report import FaceOutcome, FileReport, Status
+from .stages import FaceDecision, FaceSelector, find_faces, select_faces
+from .video import TrackSelector, VideoOptions, VideoProgress, anonymize_video_file
 
 
-@dataclass(frozen=True)
-class FileJob:
-    """One input file and the output it becomes."""
+def engine_settings(
+    options: AnonymizeOptions, *, detector: str, threshold: float, model: str | None = None, dtype: str = "auto"
+) -> dict:
+    """What besides ``options`` decides an output's pixels, in the form every engine (CLI, Ray) records
+    in the journal; the model and dtype count only for ``mode="anonymize"``."""
+    settings: dict[str, Any] = {"detector": detector, "threshold": float(threshold)}
+    if options.mode == "anonymize":
+        settings.update(model=model, dtype=dtype)
+    return settings
 
-    input: Path
-    output: Path
 
+@dataclass(frozen=True, kw_only=True)
+class FileRun:
+    """Everything a run applies to every file.
 
-@dataclass
-class FileReport:
-    """What happened to one input (one entry of ``--json REPORT``).
-
-    ``status``: ``ok``, ``no_faces`` (copied through without metadata) or ``error`` (nothing written).
-    ``skipped``: the output existed from an earlier run and was left alone (faces re-detected for
-    the report). Face coordinates are in the input's pixels after its EXIF orientation is applied.
+    Args:
+        options: how faces are treated.
+        journal: the output folder's journal (``Journal(plan.journal)``).
+        keep_metadata: carry EXIF, XMP and comments over (ICC profiles are kept always).
+        max_pixels: refuse larger images (checked from the header, before decoding).
+        settings: the rest of what decides an output (``engine_settings``; a selection hook adds what
+            it compares against): outputs written with other settings are not skipped on resume.
+        selector: the selection hook (see ``face_anon.orchestration.stages.select_faces``).
+        video: how videos are tracked and encoded (``face_anon.orchestration.video.VideoOptions``;
+            its ``keep_metadata`` is taken from this run's).
+        identity: a face image whose identity every video track gets (diffusion mode), or None.
+        track_selector: the per-track selection hook for videos (``TrackSelector``).
+        video_progress: called after each written video frame with a ``VideoProgress``.
     """
 
-    input: Path
-    output: Path | None
-    status: str
-    error: str | None = None
-    outcomes: list[FaceOutcome] = field(default_factory=list)
-    skipped: bool = False
-    notes: list[str] = field(default_factory=list)
+    options: AnonymizeOptions
+    journal: Journal
+    keep_metadata: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    selector: FaceSelector | None = None
+    # Videos (helper E).
+    video: VideoOptions = VideoOptions()
+    identity: np.ndarray | None = None
+    track_selector: TrackSelector | None = None
+    video_progress: Callable[[VideoProgress], None] | None = None
 
-    def to_json(self) -> dict:
-        return {
-            "input": str(self.input),
-            "output": None if self.output is None else str(self.output),
-            "status": self.status,
-            "error": self.error,
-            "faces": [outcome.to_json() for outcome in self.outcomes],
-            "skipped": self.skipped,
-            "notes": list(self.notes),
-        }
+    @functools.cached_property
+    def settings_sha256(self) -> str:
+        return settings_fingerprint(self.options, {**self.settings, "keep_metadata": self.keep_metadata})
 
-
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+    def metadata(self, loaded: LoadedImage) -> Metadata:
+        """What goes into an output: everything with ``keep_metadata``, else only the ICC profile."""
+        return loaded.metadata if self.keep_metadata else Metadata(icc_profile=loaded.metadata.icc_profile)
 
 
-def _scan(folder: Path, exclude: Path | None) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), skipping hidden ones and the output folder."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or _is_hidden(path, folder):
-            continue
-        if exclude is not None and exclude in path.resolve().parents:
-            continue
-        found.append(path)
-    return found
+@dataclass(frozen=True, kw_only=True)
+class OpenedFile:
+    """A file whose faces are found and must be replaced before it can be written."""
 
-
-def plan_jobs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> list[FileJob]:
-    """Pair every input image with its output path.
-
-    A single input file with an image extension in ``output`` (e.g. ``-o out.jpg``) writes that file;
-    otherwise ``output`` is a folder: input files go to ``output/NAME``, folders are scanned
-    recursively for images and mirrored below ``output``. Raises ValueError for a missing input,
-    an output that would overwrite an input, or two inputs mapped to the same output.
-    """
-    if not inputs:
-        raise ValueError("INPUT: got no inputs, expected at least one image file or folder")
-    paths = [Path(p) for p in inputs]
-    for path in paths:
-        if not path.exists():
-            raise ValueError(f"INPUT: {str(path)!r} does not exist")
-        if not (path.is_file() or path.is_dir()):
-            raise ValueError(f"INPUT: {str(path)!r} is neither a file nor a folder")
-    output = Path(output)
-    single_file = (
-        len(paths) == 1 and paths[0].is_file() and output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir()
-    )
-    if single_file:
-        jobs = [FileJob(paths[0], output)]
-    else:
-        if output.exists() and not output.is_dir():
-            raise ValueError(f"output: {str(output)!r} is a file; with several inputs or a folder it must be a folder")
-        exclude = output.resolve()
-        jobs = []
-        for path in paths:
-            if path.is_file():
-                jobs.append(FileJob(path, output / path.name))
-            else:
-                jobs.extend(FileJob(f, output / f.relative_to(path)) for f in _scan(path, exclude))
-
-    inputs_resolved = {job.input.resolve() for job in jobs}
-    seen: dict[Path, Path] = {}
-    for job in jobs:
-        target = job.output.resolve()
-        if target in inputs_resolved or (job.output.exists() and job.output.samefile(job.input)):
-            raise ValueError(f"output: {str(job.output)!r} is also an input; face-anon never overwrites an input")
-        if target in seen:
-            raise ValueError(
-                f"output: inputs {str(seen[target])!r} and {str(job.input)!r} would both be written to "
-                f"{str(job.output)!r}; process them separately or rename one"
-            )
-        seen[target] = job.input
-    return jobs
-
-
-def _metadata_for_output(loaded: LoadedImage, keep_metadata: bool) -> Metadata:
-    if keep_metadata:
-        return loaded.metadata
-    return Metadata(icc_profile=loaded.metadata.icc_profile)
-
-
-def _copy_through(job: FileJob, loaded: LoadedImage, keep_metadata: bool) -> None:
-    """Write a photo without faces: JPEG data copied losslessly when possible, else re-encoded."""
-    fmt = format_for(job.output)
-    if fmt == "JPEG" and loaded.format == "JPEG" and loaded.orientation == 1:
-        try:
-            write_atomic(job.output, strip_jpeg(job.input.read_bytes(), keep_metadata=keep_metadata))
-            return
-        except ValueError:
-            pass  # unusual stream layout: re-encode below instead
-    write_atomic(job.output, encode_image(loaded.source, fmt, _metadata_for_output(loaded, keep_metadata)))
-
-
-@dataclass
-class _Pending:
     job: FileJob
     loaded: LoadedImage
-    faces: list[Face]
+    input_sha256: str
+    resume: ResumeState
+    faces: tuple[Face, ...]
+    decisions: tuple[FaceDecision, ...]
+
+    @property
+    def faces_to_replace(self) -> int:
+        return sum(not decision.keep for decision in self.decisions)
+
+
+def _describe(step: str, error: BaseException) -> str:
+    if isinstance(error, (FaceAnonError, ValueError)):
+        return str(error)
+    return f"{step}: {type(error).__name__}: {error}"
+
+
+def open_file(job: FileJob, *, detector: FaceDetector, run: FileRun) -> OpenedFile | FileReport:
+    """Read one input and find its faces; returns its final report when nothing is left to replace
+    (skipped, refused, unreadable, or written without faces to replace), else an :class:`OpenedFile`."""
+    step, notes = "cannot check the output name", ()
+    try:
+        format_for(job.output)
+        step = "cannot read the input"
+        data = job.input.read_bytes()
+        input_sha256 = sha256_bytes(data)
+        step = "cannot check the existing output"
+        resume = resume_state(job, run.journal, input_sha256=input_sha256, settings_sha256=run.settings_sha256)
+        if resume.action is Resume.DONE:
+            return FileReport(
+                input=job.input, status=Status.SKIPPED, output=job.output, reason=resume.reason, journal=resume.record
+            )
+        if resume.action is Resume.FOREIGN:
+            return FileReport(input=job.input, status=Status.ERROR, error=resume.reason)
+        step = "cannot read the input"
+        loaded = load_image(job.input, max_pixels=run.max_pixels)
+        notes = tuple(loaded.notes)
+        step = "face detection failed"
+        faces = find_faces(loaded.rgb, detector, run.options)
+        step = "face selection failed"
+        decisions = select_faces(loaded.rgb, faces, run.selector)
+        opened = OpenedFile(
+            job=job,
+            loaded=loaded,
+            input_sha256=input_sha256,
+            resume=resume,
+            faces=tuple(faces),
+            decisions=tuple(decisions),
+        )
+        if any(not d.keep and f.size >= run.options.min_face_size for f, d in zip(faces, decisions)):
+            return opened
+        step = "cannot write the output"
+        return _write_unchanged(opened, data, run)
+    except Exception as error:  # noqa: BLE001 - any failure of one file is that file's error row
+        return FileReport(input=job.input, status=Status.ERROR, error=_describe(step, error), notes=notes)
+
+
+def _write_unchanged(opened: OpenedFile, data: bytes, run: FileRun) -> FileReport:
+    """A photo with no face to replace: its JPEG data copied losslessly when possible, else re-encoded."""
+    job, loaded = opened.job, opened.loaded
+    outcomes = tuple(
+        FaceOutcome(
+            face=face,
+            action=FaceAction.KEPT if decision.keep else FaceAction.IGNORED_TOO_SMALL,
+            reason=decision.reason,
+            matched_reference=decision.matched_reference,
+            distance=decision.distance,
+        )
+        for face, decision in zip(opened.faces, opened.decisions)
+    )
+    fmt = format_for(job.output)
+    encoded = None
+    if fmt == "JPEG" and loaded.format == "JPEG" and loaded.orientation == 1:
+        try:
+            encoded = strip_jpeg(data, keep_metadata=run.keep_metadata)
+        except ValueError:
+            pass  # unusual stream layout: re-encode below instead
+    if encoded is None:
+        encoded = encode_image(loaded.source, fmt, run.metadata(loaded))
+    status = Status.OK if outcomes else Status.NO_FACES
+    return write_output(opened, encoded, run, status=status, outcomes=outcomes)
+
+
+def write_output(
+    opened: OpenedFile, data: bytes, run: FileRun, *, status: Status, outcomes: Sequence[FaceOutcome]
+) -> FileReport:
+    """Record the output in the journal, then write it atomically; its report row.
+
+    A new output never replaces a file that appeared at its path meanwhile; an earlier output of this
+    tool (``Resume.REPLACE``) is replaced in one rename.
+    """
+    job = opened.job
+    notes = tuple(opened.loaded.notes)
+    if opened.resume.action is Resume.REPLACE:
+        notes += (f"replaced the {opened.resume.reason}",)
+    try:
+        run.journal.append(
+            {
+                "output": job.output,
+                "output_sha256": sha256_bytes(data),
+                "input": str(job.input),
+                "input_sha256": opened.input_sha256,
+                "settings_sha256": run.settings_sha256,
+                "status": str(status),
+                "faces": [outcome.to_json() for outcome in outcomes],
+            }
+        )
+        write_atomic(job.output, data, overwrite=opened.resume.action is Resume.REPLACE)
+    except FileExistsError:
+        error = f"output {str(job.output)!r} appeared while this run worked and was not written by it; left alone"
+        return FileReport(input=job.input, status=Status.ERROR, error=error, outcomes=tuple(outcomes), notes=notes)
+    except Exception as error:  # noqa: BLE001 - disk full, permissions: this file's error row
+        message = _describe("cannot write the output", error)
+        return FileReport(input=job.input, status=Status.ERROR, error=message, outcomes=tuple(outcomes), notes=notes)
+    return FileReport(input=job.input, status=status, output=job.output, outcomes=tuple(outcomes), notes=notes)
+
+
+def _write_result(opened: OpenedFile, result: PhotoResult, run: FileRun) -> FileReport:
+    if result.status is Status.ERROR:
+        notes = tuple(opened.loaded.notes)
+        if opened.resume.action is Resume.REPLACE:
+            notes += (f"the {opened.resume.reason} at the output path was left as it was",)
+        return FileReport(
+            input=opened.job.input, status=Status.ERROR, error=result.error, outcomes=result.outcomes, notes=notes
+        )
+    try:
+        image = merge_into_source(opened.loaded, np.asarray(result.image))
+        data = encode_image(image, format_for(opened.job.output), run.metadata(opened.loaded))
+    except Exception as error:  # noqa: BLE001
+        message = _describe("cannot encode the output", error)
+        return FileReport(input=opened.job.input, status=Status.ERROR, error=message, outcomes=result.outcomes)
+    return write_output(opened, data, run, status=result.status, outcomes=result.outcomes)
+
+
+def finish_files(
+    opened: Sequence[OpenedFile], *, replacer: FaceReplacer, detector: FaceDetector, run: FileRun
+) -> list[FileReport]:
+    """Replace the faces of several opened files in shared batches, write each; one report per file.
+
+    If the shared work raises, each file is retried alone, so one file's failure stays its own.
+    """
+    try:
+        results = anonymize_photos(
+            [item.loaded.rgb for item in opened],
+            detector=detector,
+            options=run.options,
+            faces=[item.faces for item in opened],
+            decisions=[item.decisions for item in opened],
+            replacer=replacer,
+        )
+    except Exception as error:  # noqa: BLE001
+        if len(opened) > 1:
+            return [
+                report
+                for item in opened
+                for report in finish_files([item], replacer=replacer, detector=detector, run=run)
+            ]
+        (item,) = opened
+        message = _describe("cannot anonymize", error)
+        return [FileReport(input=item.job.input, status=Status.ERROR, error=message, notes=tuple(item.loaded.notes))]
+    return [_write_result(item, result, run) for item, result in zip(opened, results)]
+
+
+class _LazyReplacer:
+    """The run's replacer, made on first use so a run with nothing to replace never loads the model."""
+
+    def __init__(self, options: AnonymizeOptions, pipeline: Any, load_pipeline: Callable[[], Any] | None) -> None:
+        self.options, self.pipeline, self.load_pipeline = options, pipeline, load_pipeline
+        self.replacer: FaceReplacer | None = None
+
+    def get(self) -> FaceReplacer:
+        if self.replacer is None:
+            if self.options.mode == "anonymize" and self.pipeline is None:
+                if self.load_pipeline is None:
+                    raise ModelLoadError("mode 'anonymize' needs a pipeline or a load_pipeline function")
+                try:
+                    self.pipeline = self.load_pipeline()
+                except ModelLoadError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - reported as one clear line
+                    raise ModelLoadError(f"cannot load the model: {type(error).__name__}: {error}") from error
+            self.replacer = make_replacer(self.options, self.pipeline)
+        return self.replacer
 
 
 def process_files(
-    jobs: Sequence[FileJob],
+    plan: FilePlan,
     *,
     detector: FaceDetector,
-    options: AnonymizeOptions = AnonymizeOptions(),
+    run: FileRun,
     pipeline: Any = None,
     load_pipeline: Callable[[], Any] | None = None,
-    keep_metadata: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[FileReport]:
-    """Anonymize every job's photo and write its output; yield a report per job as it completes.
+    """Anonymize every job's photo and write its output; yield one report per job as it completes.
 
     Faces of consecutive photos are gathered until a batch is full, so reports may come out of
     order. For ``mode="anonymize"`` give ``pipeline``, or ``load_pipeline`` to load the model only
-    once a face actually needs it (a resumed or face-free run then never loads it).
+    once a face needs it (a resumed or face-free run then never loads it). Raises
+    :class:`~face_anon.errors.ModelLoadError` when the model cannot be loaded (the files not yet
+    reported were not written).
     """
-    replacer = None
-    pending: list[_Pending] = []
-
-    def flush() -> Iterator[FileReport]:
-        nonlocal replacer, pipeline
-        if not pending:
-            return
-        if replacer is None:
-            if options.mode == "anonymize" and pipeline is None:
-                if load_pipeline is None:
-                    raise ValueError("pipeline: mode 'anonymize' needs a pipeline or a load_pipeline function")
-                pipeline = load_pipeline()
-            replacer = make_replacer(options, pipeline)
-        group = list(pending)
-        pending.clear()
-        results = anonymize_photos(
-            [item.loaded.rgb for item in group],
-            detector=detector,
-            options=options,
-            faces=[item.faces for item in group],
-            replacer=replacer,
-        )
-        for item, result in zip(group, results):
-            job, loaded = item.job, item.loaded
-            if result.status == "error":
-                yield FileReport(job.input, None, "error", result.error, result.outcomes, notes=loaded.notes)
-                continue
-            try:
-                image = merge_into_source(loaded, np.asarray(result.image))
-                data = encode_image(image, format_for(job.output), _metadata_for_output(loaded, keep_metadata))
-                if job.output.exists():  # appeared meanwhile (another run): never overwrite
-                    yield FileReport(job.input, job.output, result.status, None, result.outcomes, True, loaded.notes)
-                    continue
-                write_atomic(job.output, data)
-            except OSError as error:
-                yield FileReport(job.input, None, "error", f"cannot write output: {error}", result.outcomes)
-                continue
-            yield FileReport(job.input, job.output, result.status, None, result.outcomes, notes=loaded.notes)
-
-    for job in jobs:
-        try:
-            format_for(job.output)
-            loaded = load_image(job.input, max_pixels=max_pixels)
-        except ValueError as error:  # ImageLoadError, or an output format we cannot write
-            yield FileReport(job.input, None, "error", str(error))
+    replacers = _LazyReplacer(run.options, pipeline, load_pipeline)
+    pending: list[OpenedFile] = []
+    for job in plan.jobs:
+        if is_video_path(job.input):  # a video streams through on its own (helper E)
+            yield anonymize_video_file(job, detector=detector, run=run, load_replacer=replacers.get)
             continue
-        faces = detect_faces(loaded.rgb, detector, options)
-        small = [face.size < options.min_face_size for face in faces]
-        if job.output.exists() or all(small):
-            # Nothing to replace: either done by an earlier run, or no face (large enough) in the photo.
-            outcomes = [FaceOutcome(f, IGNORED_SMALL if s else ACTIONS[options.mode]) for f, s in zip(faces, small)]
-            status = "ok" if faces else "no_faces"
-            if job.output.exists():
-                yield FileReport(job.input, job.output, status, None, outcomes, skipped=True, notes=loaded.notes)
-                continue
-            try:
-                _copy_through(job, loaded, keep_metadata)
-            except OSError as error:
-                yield FileReport(
-                    job.input, None, "error", f"cannot write output: {error}", outcomes, notes=loaded.notes
-                )
-                continue
-            yield FileReport(job.input, job.output, status, None, outcomes, notes=loaded.notes)
+        opened = open_file(job, detector=detector, run=run)
+        if isinstance(opened, FileReport):
+            yield opened
             continue
-        pending.append(_Pending(job, loaded, faces))
-        if sum(len(item.faces) for item in pending) >= options.batch_size:
-            yield from flush()
-    yield from flush()
+        pending.append(opened)
+        if sum(item.faces_to_replace for item in pending) >= run.options.batch_size:
+            yield from finish_files(pending, replacer=replacers.get(), detector=detector, run=run)
+            pending = []
+    if pending:
+        yield from finish_files(pending, replacer=replacers.get(), detector=detector, run=run)
+
+
+__all__ = [
+    "FileRun",
+    "OpenedFile",
+    "engine_settings",
+    "finish_files",
+    "open_file",
+    "process_files",
+    "write_output",
+]

@@ -1,6 +1,6 @@
 """Face replacers: what turns an aligned face crop into its anonymized version."""
 
-from .base import ACTIONS, MODES, REDACTION_MODES, FaceReplacer
+from .base import ACTIONS, MODES, REDACTION_MODES, FaceAction, FaceReplacer
 from .diffusion import DiffusionAnonymizer, load_pipeline
 from .redaction import Redactor, redact_crop
 
@@ -10,6 +10,7 @@ __all__ = [
     "MODES",
     "REDACTION_MODES",
     "DiffusionAnonymizer",
+    "FaceAction",
     "FaceReplacer",
     "Redactor",
     "load_pipeline",

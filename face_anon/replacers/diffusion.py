@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from ..errors import InputError
 from .base import ACTIONS
 
 
@@ -72,13 +73,16 @@ class DiffusionAnonymizer:
 
     Each face gets ``torch.Generator().manual_seed(seed)`` with its own seed, and the pipeline
     treats a batch like the same images run one by one, so results do not depend on the batch size.
-    A result that is one flat colour (what NaNs in half precision decode to) counts as a failure.
+    A crop with an identity source is swapped (the pipeline's ``source_image``, which needs
+    ``anonymization_degree=0``); a crop without one is anonymized with ``anonymization_degree``, which
+    must then be above 0 (0 would give the face its own identity back). A result that is one flat
+    colour (what NaNs in half precision decode to) counts as a failure (None).
 
     Args:
         pipeline: a loaded ``FaceAnonPipeline`` (or anything called the same way).
-        degree: ``anonymization_degree``; 0 would keep the identity, the authors use 1.25.
-        steps: denoising steps (the authors use 25 for whole photos).
-        guidance: classifier-free guidance scale.
+        anonymization_degree: how far each identity moves (the authors use 1.25 for whole photos).
+        num_inference_steps: denoising steps (the authors use 25 for whole photos).
+        guidance_scale: classifier-free guidance scale (the authors use 4.0).
         crop_size: side of the crops; default the pipeline's own image size (512 for the published model).
     """
 
@@ -88,42 +92,72 @@ class DiffusionAnonymizer:
         self,
         pipeline: Any,
         *,
-        degree: float = 1.25,
-        steps: int = 25,
-        guidance: float = 4.0,
+        anonymization_degree: float = 1.25,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
         crop_size: int | None = None,
     ) -> None:
         if pipeline is None:
-            raise ValueError("pipeline: got None, expected a loaded FaceAnonPipeline for mode 'anonymize'")
+            raise InputError("pipeline", None, "a loaded FaceAnonPipeline for mode 'anonymize'")
         if crop_size is None:
             crop_size = int(pipeline.default_image_size)
         self.pipeline = pipeline
-        self.degree = float(degree)
-        self.steps = int(steps)
-        self.guidance = float(guidance)
+        self.anonymization_degree = float(anonymization_degree)
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
         self.crop_size = int(crop_size)
 
-    def __call__(self, crops: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray | None]:
+    def __call__(
+        self,
+        crops: Sequence[np.ndarray],
+        seeds: Sequence[int],
+        sources: Sequence[np.ndarray | None] | None = None,
+    ) -> list[np.ndarray | None]:
+        if len(seeds) != len(crops) or (sources is not None and len(sources) != len(crops)):
+            raise InputError("seeds", len(seeds), f"one seed (and one source, if any) per crop: {len(crops)}")
+        sources = [None] * len(crops) if sources is None else list(sources)
+        swaps = [i for i, source in enumerate(sources) if source is not None]
+        plain = [i for i, source in enumerate(sources) if source is None]
+        if plain and self.anonymization_degree == 0:
+            raise InputError(
+                "anonymization_degree", 0.0, "a degree above 0 for a face without an identity source (0 keeps it)"
+            )
+        results: list[np.ndarray | None] = [None] * len(crops)
+        for indices, swap in ((plain, False), (swaps, True)):
+            if not indices:
+                continue
+            outputs = self._generate(
+                [crops[i] for i in indices],
+                [seeds[i] for i in indices],
+                [sources[i] for i in indices] if swap else None,
+            )
+            for i, output in zip(indices, outputs):
+                results[i] = output
+        return results
+
+    def _generate(self, crops, seeds, sources) -> list[np.ndarray | None]:
         import torch
 
-        images = [PIL.Image.fromarray(crop) for crop in crops]
-        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        kwargs = {}
+        if sources is not None:
+            kwargs["source_image"] = [PIL.Image.fromarray(np.asarray(source)).convert("RGB") for source in sources]
         output = self.pipeline(
-            image=images,
-            anonymization_degree=self.degree,
-            guidance_scale=self.guidance,
-            num_inference_steps=self.steps,
+            image=[PIL.Image.fromarray(crop) for crop in crops],
+            anonymization_degree=0.0 if sources is not None else self.anonymization_degree,
+            guidance_scale=self.guidance_scale,
+            num_inference_steps=self.num_inference_steps,
             height=self.crop_size,
             width=self.crop_size,
-            generator=generators,
+            generator=[torch.Generator().manual_seed(int(seed)) for seed in seeds],
             output_type="pil",
+            **kwargs,
         )
+        if len(output.images) != len(crops):
+            raise RuntimeError(f"the pipeline returned {len(output.images)} images for {len(crops)} faces")
         results: list[np.ndarray | None] = []
         for image in output.images:
             if image.size != (self.crop_size, self.crop_size):
                 image = image.resize((self.crop_size, self.crop_size), PIL.Image.LANCZOS)
             array = np.asarray(image.convert("RGB"))
             results.append(None if float(array.std()) < 1.0 else array)
-        if len(results) != len(crops):
-            raise RuntimeError(f"the pipeline returned {len(results)} images for {len(crops)} faces")
         return results

@@ -7,7 +7,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from ..errors import InputError
 from .base import ACTIONS, REDACTION_MODES
+
+
+MIN_CROP_SIZE = 16
 
 
 def redact_crop(crop: np.ndarray, mode: str) -> np.ndarray:
@@ -26,20 +30,25 @@ def redact_crop(crop: np.ndarray, mode: str) -> np.ndarray:
         return cv2.resize(small, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST)
     if mode == "black":
         return np.zeros_like(crop)
-    raise ValueError(f"mode: got {mode!r}, expected one of {', '.join(REDACTION_MODES)}")
+    raise InputError("mode", mode, f"one of {', '.join(REDACTION_MODES)}")
 
 
 class Redactor:
-    """A replacer that needs no model: ``blur``, ``pixelate`` or ``black``."""
+    """A replacer that needs no model: ``blur``, ``pixelate`` or ``black``; identity sources are ignored."""
 
     def __init__(self, mode: str, crop_size: int = 256) -> None:
         if mode not in REDACTION_MODES:
-            raise ValueError(f"mode: got {mode!r}, expected one of {', '.join(REDACTION_MODES)}")
-        if int(crop_size) < 16:
-            raise ValueError(f"crop_size: got {crop_size!r}, expected an integer of at least 16")
+            raise InputError("mode", mode, f"one of {', '.join(REDACTION_MODES)}")
+        if int(crop_size) < MIN_CROP_SIZE:
+            raise InputError("crop_size", crop_size, f"an integer of at least {MIN_CROP_SIZE}")
         self.mode = mode
         self.action = ACTIONS[mode]
         self.crop_size = int(crop_size)
 
-    def __call__(self, crops: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray | None]:
+    def __call__(
+        self,
+        crops: Sequence[np.ndarray],
+        seeds: Sequence[int],
+        sources: Sequence[np.ndarray | None] | None = None,
+    ) -> list[np.ndarray | None]:
         return [redact_crop(crop, self.mode) for crop in crops]

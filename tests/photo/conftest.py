@@ -23,6 +23,6 @@ def scene() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def scene_faces(detector, scene):
-    from face_anon.orchestration.photo import AnonymizeOptions, detect_faces
+    from face_anon import AnonymizeOptions, find_faces
 
-    return detect_faces(scene, detector, AnonymizeOptions())
+    return find_faces(scene, detector, AnonymizeOptions())

@@ -101,6 +101,33 @@ SCENE = [
 ]
 
 
+def mask_union(landmarks, size: int, shape, eye_scale: float) -> np.ndarray:
+    """Pixels of an image of ``shape`` that some face's soft mask reaches (alpha > 0), the faces given
+    by their five landmarks: where anonymizing may change anything at all."""
+    from face_anon import face_mask, ffhq_alignment
+    from face_anon.geometry.blending import face_region
+
+    union = np.zeros(shape[:2], bool)
+    for points in landmarks:
+        alignment = ffhq_alignment(np.asarray(points, dtype=np.float64), size, eye_scale=eye_scale)
+        region = face_region(alignment, face_mask(size), (shape[1], shape[0]))
+        if region is not None:
+            union[region.y0 : region.y1, region.x0 : region.x1] |= region.alpha > 0
+    return union
+
+
+def changed(a, b) -> np.ndarray:
+    """Where two RGB images differ, as a boolean (H, W) array."""
+    return np.any(np.asarray(a) != np.asarray(b), axis=2)
+
+
+def window(image, point, radius: int) -> np.ndarray:
+    """The square of ``image`` within ``radius`` pixels of ``point`` (clipped at the borders)."""
+    x, y = int(round(point[0])), int(round(point[1]))
+    h, w = np.asarray(image).shape[:2]
+    return np.asarray(image)[max(0, y - radius) : min(h, y + radius + 1), max(0, x - radius) : min(w, x + radius + 1)]
+
+
 def match_faces(faces, placements, tolerance: float = 0.35):
     """Pair each placement with the detected face whose box centre is nearest, within
     ``tolerance`` times the face size; returns a list of (placement, face or None)."""

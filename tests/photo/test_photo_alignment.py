@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from face_anon import AnonymizeOptions, find_faces
 from face_anon.geometry.alignment import crop_face, ffhq_alignment, transform_points, warp
-from face_anon.orchestration.photo import AnonymizeOptions, detect_faces
 
 from .photo_helpers import ASTRONAUT_LANDMARKS, astronaut
 
@@ -56,9 +56,9 @@ def test_alignment_follows_the_face(angle, scale, shift):
 def test_an_aligned_face_aligns_to_itself(detector):
     """The FFHQ round trip, on a face aligned by this code (the real FFHQ files are checked by hand)."""
     options = AnonymizeOptions()
-    (face,) = detect_faces(astronaut(), detector, options)
+    (face,) = find_faces(astronaut(), detector, options)
     aligned = crop_face(astronaut(), ffhq_alignment(face.landmark_array, 512, eye_scale=detector.eye_scale))
-    faces = detect_faces(aligned, detector, options)
+    faces = find_faces(aligned, detector, options)
     assert len(faces) == 1
     scale, rotation, shift = _alignment_error(
         ffhq_alignment(faces[0].landmark_array, 512, eye_scale=detector.eye_scale)

@@ -4,41 +4,26 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from face_anon.geometry.alignment import crop_face, ffhq_alignment
-from face_anon.geometry.blending import face_mask, face_region, paste_face
-from face_anon.orchestration.photo import AnonymizeOptions, anonymize_photo, anonymize_photos
+from face_anon import (
+    AnonymizeOptions,
+    anonymize_photo,
+    anonymize_photos,
+    crop_face,
+    face_mask,
+    ffhq_alignment,
+    paste_face,
+)
+from face_anon.geometry.blending import face_region
 
-from .photo_helpers import SCENE, FakePipeline, Placement, background, compose, match_faces
+from .photo_helpers import SCENE, FakePipeline, Placement, background, changed, compose, mask_union, match_faces, window
 
 
 CROP = 64  # small crops keep the fake and tiny models fast; the mechanics do not depend on size
 
 
-def _regions(faces, detector, shape, size=CROP):
-    """Each face's mask in the photo, as (x0, y0, alpha) like the library computes them."""
-    mask = face_mask(size)
-    out = []
-    for face in faces:
-        alignment = ffhq_alignment(face.landmark_array, size, eye_scale=detector.eye_scale)
-        out.append(face_region(alignment, mask, (shape[1], shape[0])))
-    return out
-
-
-def _union(regions, shape):
-    union = np.zeros(shape[:2], bool)
-    for region in regions:
-        union[region.y0 : region.y1, region.x0 : region.x1] |= region.alpha > 0
-    return union
-
-
-def _changed(a, b):
-    return np.any(np.asarray(a) != np.asarray(b), axis=2)
-
-
-def _window(image, point, radius):
-    x, y = int(round(point[0])), int(round(point[1]))
-    h, w = image.shape[:2]
-    return image[max(0, y - radius) : min(h, y + radius + 1), max(0, x - radius) : min(w, x + radius + 1)]
+def _union(faces, detector, shape, size=CROP):
+    """Where anonymizing these faces may change pixels at all."""
+    return mask_union([face.landmarks for face in faces], size, shape, detector.eye_scale)
 
 
 def _assert_faces_replaced(before, after, faces, min_difference=25.0):
@@ -49,7 +34,7 @@ def _assert_faces_replaced(before, after, faces, min_difference=25.0):
             x, y = point
             if not (0 <= x < before.shape[1] and 0 <= y < before.shape[0]):
                 continue
-            difference = np.abs(_window(after, point, radius) - _window(before, point, radius)).mean()
+            difference = np.abs(window(after, point, radius) - window(before, point, radius)).mean()
             assert difference > min_difference, (face.box, point, difference)
 
 
@@ -103,10 +88,10 @@ def test_every_face_replaced_and_nothing_else(detector, scene, scene_faces):
     assert [o.face for o in result.outcomes] == scene_faces
     assert result.image.mode == "RGB" and result.image.size == (scene.shape[1], scene.shape[0])
     _assert_faces_replaced(scene, result.image, scene_faces)
-    union = _union(_regions(scene_faces, detector, scene.shape), scene.shape)
-    changed = _changed(scene, result.image)
-    assert not (changed & ~union).any()  # outside every face's mask: byte-identical
-    assert changed.sum() > 0.8 * union.sum() * 0.5
+    union = _union(scene_faces, detector, scene.shape)
+    differs = changed(scene, result.image)
+    assert not (differs & ~union).any()  # outside every face's mask: byte-identical
+    assert differs.sum() > 0.8 * union.sum() * 0.5
 
 
 def test_seeded_and_independent_of_batch_size(detector, scene, scene_faces):
@@ -160,11 +145,11 @@ def test_overlapping_faces_are_done_in_layers(detector):
     second = min(result.faces, key=lambda f: f.size)
     original = crop_face(image, ffhq_alignment(second.landmark_array, CROP, eye_scale=detector.eye_scale))
     seen = crops_seen[1][0]
-    differs = _changed(original, seen)
+    differs = changed(original, seen)
     assert differs.mean() > 0.005
     assert seen[differs].mean() > original[differs].mean() + 20
-    union = _union(_regions(result.faces, detector, image.shape), image.shape)
-    assert not (_changed(image, result.image) & ~union).any()
+    union = _union(result.faces, detector, image.shape)
+    assert not (changed(image, result.image) & ~union).any()
 
 
 def test_a_face_that_fails_makes_the_photo_fail(detector, scene, scene_faces):
@@ -176,7 +161,7 @@ def test_a_face_that_fails_makes_the_photo_fail(detector, scene, scene_faces):
     assert result.status == "error" and result.image is None
     assert "face 2 could not be anonymized" in result.error and "simulated model failure" in result.error
     failed = [o for o in result.outcomes if o.error]
-    assert [o.face for o in failed] == [target] and failed[0].action is None
+    assert [o.face for o in failed] == [target] and failed[0].action == "failed"
 
     redacted = anonymize_photos(
         [scene],
@@ -189,7 +174,7 @@ def test_a_face_that_fails_makes_the_photo_fail(detector, scene, scene_faces):
     assert [o.action for o in redacted.outcomes].count("blacked_out_on_error") == 1
     out = np.asarray(redacted.image)
     nose = target.landmarks[2]
-    assert _window(out, nose, 3).max() == 0  # blacked out, not left as it was
+    assert window(out, nose, 3).max() == 0  # blacked out, not left as it was
     # The other faces of the failed batch were retried alone and anonymized.
     assert [o.action for o in redacted.outcomes].count("anonymized") == len(SCENE) - 1
 
@@ -218,14 +203,14 @@ def test_redaction_modes_need_no_model(detector, scene, scene_faces, mode):
         {"blur": "blurred", "pixelate": "pixelated", "black": "blacked_out"}[mode]
     }
     out = np.asarray(result.image)
-    union = _union(_regions(scene_faces, detector, scene.shape, size=256), scene.shape)
-    assert not (_changed(scene, out) & ~union).any()
+    union = _union(scene_faces, detector, scene.shape, size=256)
+    assert not (changed(scene, out) & ~union).any()
     big = max(scene_faces, key=lambda f: f.size)
     (x0, y0, x1, y1) = [int(v) for v in big.box]
     core_before = scene[y0 + 20 : y1 - 20, x0 + 20 : x1 - 20].astype(np.float32)
     core_after = out[y0 + 20 : y1 - 20, x0 + 20 : x1 - 20].astype(np.float32)
     if mode == "black":
-        assert _window(out, big.landmarks[2], 10).max() == 0
+        assert window(out, big.landmarks[2], 10).max() == 0
     else:
         # Fine detail gone: far less high-frequency energy than the original face.
         def detail(a):
@@ -242,7 +227,7 @@ def test_small_faces_can_be_left_alone(detector, scene, scene_faces):
     assert actions[smallest] == "ignored_too_small"
     assert list(actions.values()).count("blacked_out") == len(SCENE) - 1
     out = np.asarray(result.image)
-    np.testing.assert_array_equal(_window(out, smallest.landmarks[2], 3), _window(scene, smallest.landmarks[2], 3))
+    np.testing.assert_array_equal(window(out, smallest.landmarks[2], 3), window(scene, smallest.landmarks[2], 3))
 
 
 def test_a_photo_without_faces_comes_back_unchanged(detector):
@@ -257,8 +242,11 @@ def test_a_photo_without_faces_comes_back_unchanged(detector):
     [
         ("mode", "swap", "mode: got 'swap', expected one of anonymize, blur, pixelate, black"),
         ("batch_size", 0, "batch_size: got 0"),
-        ("steps", 0, "steps: got 0"),
-        ("degree", -1.0, "degree: got -1.0"),
+        ("num_inference_steps", 0, "num_inference_steps: got 0"),
+        ("anonymization_degree", -1.0, "anonymization_degree: got -1.0"),
+        ("anonymization_degree", 10.5, "anonymization_degree: got 10.5, expected a number from 0 to 10"),
+        ("guidance_scale", float("inf"), "guidance_scale: got inf"),
+        ("min_face_size", float("nan"), "min_face_size: got nan"),
         ("seed", -3, "seed: got -3"),
         ("crop_size", 8, "crop_size: got 8"),
         ("min_face_size", -1, "min_face_size: got -1"),
@@ -280,7 +268,7 @@ def test_anonymize_mode_needs_a_pipeline(detector, scene):
 
 
 def test_tiny_model_end_to_end(tiny_pipeline, detector, scene, scene_faces):
-    options = dict(crop_size=32, steps=2, seed=3)
+    options = dict(crop_size=32, num_inference_steps=2, seed=3)
     runs = [
         anonymize_photos(
             [scene],
@@ -296,5 +284,5 @@ def test_tiny_model_end_to_end(tiny_pipeline, detector, scene, scene_faces):
     assert np.array_equal(four, again)  # same photo, same seed: same output
     assert np.abs(one - four).max() <= 2  # batching changes at most float rounding
     _assert_faces_replaced(scene, runs[1].image, scene_faces, min_difference=10.0)
-    union = _union(_regions(scene_faces, detector, scene.shape, size=32), scene.shape)
-    assert not (_changed(scene, runs[1].image) & ~union).any()
+    union = _union(scene_faces, detector, scene.shape, size=32)
+    assert not (changed(scene, runs[1].image) & ~union).any()

@@ -19,8 +19,8 @@ from .photo_helpers import SCENE, SCENE_SIZE, Placement, background, compose
 
 
 REPO = Path(__file__).resolve().parents[2]
-REPORT_KEYS = {"input", "output", "status", "error", "faces", "skipped", "notes"}
-FACE_KEYS = {"box", "score", "landmarks", "action", "error"}
+REPORT_KEYS = {"input", "output", "status", "error", "reason", "faces", "skipped", "notes"}
+FACE_KEYS = {"box", "score", "landmarks", "action", "error", "reason", "matched_reference", "distance"}
 
 
 def _run_cli(*args, timeout=300):
@@ -90,11 +90,11 @@ def test_tiny_model_end_to_end(tiny_model_dir, photo_folder, tmp_path):
         assert np.abs(a - b).max() <= 2
 
     # Run again: everything is there already, nothing is rewritten.
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.png")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*")}
     third = _run_cli(photo_folder, "-o", tmp_path / "a", "--json", tmp_path / "c.json", *common)
     assert third.returncode == 0, third.stderr
-    assert all(e["skipped"] for e in json.loads((tmp_path / "c.json").read_text()))
-    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.png")}
+    assert [e["status"] for e in json.loads((tmp_path / "c.json").read_text())] == ["skipped"] * 3
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*")}  # not even the journal
 
 
 def test_blur_mode_in_process(photo_folder, tmp_path, capsys):

@@ -12,10 +12,9 @@ import PIL.ImageCms
 import pytest
 from PIL import ExifTags
 
+from face_anon import load_image, plan_files, write_atomic
 from face_anon.apps.cli import main
-from face_anon.io.images import load_image, write_atomic
 from face_anon.io.jpeg import strip_jpeg
-from face_anon.orchestration.batch import plan_jobs
 
 from .photo_helpers import Placement, background, compose
 
@@ -116,17 +115,23 @@ def _nose_is_black(output_path, entry):
     return image[y - 2 : y + 3, x - 2 : x + 3].max() <= 8
 
 
-def test_the_folder_run_reports_every_image_and_fails_overall(bad_input_run):
+def test_the_folder_run_reports_every_file_and_fails_overall(bad_input_run):
     code, cases, entries, folder, out = bad_input_run
     assert code == 1  # some inputs failed
-    assert set(entries) == {path.name for path in cases.values()}  # .txt and hidden files not scanned
-    for entry in entries.values():
+    photos = {name: entry for name, entry in entries.items() if entry["status"] != "skipped"}
+    assert set(photos) == {path.name for path in cases.values()}
+    # What the scan passed over is listed too, with the reason.
+    assert entries["readme.txt"]["reason"] == "extension '.txt' is not one face-anon reads and writes"
+    assert entries[".hidden.png"]["reason"] == "hidden file"
+    assert set(entries) == set(photos) | {"readme.txt", ".hidden.png"}
+    for entry in photos.values():
         assert set(entry) >= {"input", "output", "status", "error", "faces"}
         assert entry["status"] in ("ok", "no_faces", "error")
         assert (entry["output"] is None) == (entry["status"] == "error")
         for face in entry["faces"]:
             assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0 < face["score"] <= 1
-    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
+    left = sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
+    assert left == [".face-anon-journal.jsonl"]  # no temporary files left
 
 
 @pytest.mark.parametrize(
@@ -288,34 +293,37 @@ def test_lossless_jpeg_copy_drops_extra_pictures_and_metadata(tmp_path):
 # Planning outputs, never overwriting, resuming, atomic writes
 
 
-def test_plan_jobs_mirrors_folders_and_refuses_to_overwrite(tmp_path):
+def test_plan_files_mirrors_folders_and_refuses_to_overwrite(tmp_path):
     photos = tmp_path / "photos"
     (photos / "2024" / "june").mkdir(parents=True)
     for name in ("a.jpg", "2024/b.PNG", "2024/june/c.webp", "2024/.d.jpg", "notes.txt"):
         (photos / name).write_bytes(b"x")
-    jobs = plan_jobs([photos], tmp_path / "anon")
-    assert [(j.input.relative_to(photos).as_posix(), j.output.relative_to(tmp_path).as_posix()) for j in jobs] == [
+    plan = plan_files([photos], tmp_path / "anon")
+    assert [(j.input.relative_to(photos).as_posix(), j.output.relative_to(tmp_path).as_posix()) for j in plan.jobs] == [
         ("2024/b.PNG", "anon/2024/b.PNG"),
         ("2024/june/c.webp", "anon/2024/june/c.webp"),
         ("a.jpg", "anon/a.jpg"),
     ]
-    assert plan_jobs([photos / "a.jpg"], tmp_path / "single.png")[0].output == tmp_path / "single.png"
-    # An output folder inside the input folder is not scanned again.
-    (photos / "anon").mkdir()
-    (photos / "anon" / "a.jpg").write_bytes(b"x")
-    assert len(plan_jobs([photos], photos / "anon")) == 3
+    assert [(s.path.relative_to(photos).as_posix(), s.reason) for s in plan.skipped] == [
+        ("2024/.d.jpg", "hidden file"),
+        ("notes.txt", "extension '.txt' is not one face-anon reads and writes"),
+    ]
+    assert plan.journal == tmp_path / "anon" / ".face-anon-journal.jsonl"
+    single = plan_files([photos / "a.jpg"], tmp_path / "single.png")
+    assert [job.output for job in single.jobs] == [tmp_path / "single.png"]
+    assert single.journal == tmp_path / ".face-anon-journal.jsonl"
 
     with pytest.raises(ValueError, match="is also an input; face-anon never overwrites an input"):
-        plan_jobs([photos / "a.jpg"], photos / "a.jpg")
+        plan_files([photos / "a.jpg"], photos / "a.jpg")
     with pytest.raises(ValueError, match="is also an input"):
-        plan_jobs([photos / "a.jpg", photos / "anon" / "a.jpg"], photos / "anon")
+        plan_files([photos / "a.jpg", photos / "2024" / "june" / "c.webp"], photos / "2024" / "june")
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.jpg").write_bytes(b"x")
-    with pytest.raises(ValueError, match="would both be written to"):
-        plan_jobs([photos / "a.jpg", other / "a.jpg"], tmp_path / "out")
+    with pytest.raises(ValueError, match="would both be written there"):
+        plan_files([photos / "a.jpg", other / "a.jpg"], tmp_path / "out")
     with pytest.raises(ValueError, match=r"INPUT: '.*missing.jpg' does not exist"):
-        plan_jobs([tmp_path / "missing.jpg"], tmp_path / "out")
+        plan_files([tmp_path / "missing.jpg"], tmp_path / "out")
 
 
 def test_an_input_format_we_cannot_write_is_reported(tmp_path):
@@ -335,17 +343,20 @@ def test_an_interrupted_run_resumes(tmp_path):
         PIL.Image.fromarray(compose(320, 240, [Placement((160, 120), 0.8 + 0.1 * i)], seed=i)).save(photos / f"{i}.png")
     out = tmp_path / "out"
     assert main([str(photos), "-o", str(out), "--mode", "pixelate", "-q"]) == 0
-    first = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    first = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("*.png")}
     assert sorted(first) == ["0.png", "1.png", "2.png"]
     (out / "1.png").unlink()  # as if the run had stopped before writing it
-    (out / ".1.png.0123456789ab.part").write_bytes(b"half a file")  # a killed run's leftover
+    (out / ".fa-0123456789ab.part").write_bytes(b"half a file")  # a killed run's leftover
     report = tmp_path / "report.json"
     assert main([str(photos), "-o", str(out), "--mode", "pixelate", "--json", str(report), "-q"]) == 0
     entries = {Path(e["input"]).name: e for e in json.loads(report.read_text())}
-    assert [entries[n]["skipped"] for n in ("0.png", "1.png", "2.png")] == [True, False, True]
-    assert all(len(e["faces"]) == 1 and e["status"] == "ok" for e in entries.values())
+    assert [entries[n]["status"] for n in ("0.png", "1.png", "2.png")] == ["skipped", "ok", "skipped"]
+    # A skipped row claims nothing of its own: the earlier run's record says what that run did.
     for name in ("0.png", "2.png"):
+        assert entries[name]["faces"] == [] and entries[name]["skipped"] is True
+        assert [face["action"] for face in entries[name]["journal"]["faces"]] == ["pixelated"]
         assert (out / name).stat().st_mtime_ns == first[name][1]  # not rewritten
+    assert [face["action"] for face in entries["1.png"]["faces"]] == ["pixelated"]
     assert (out / "1.png").read_bytes() == first["1.png"][0]  # the same result again
 
 
