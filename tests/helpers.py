@@ -11,8 +11,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import hashlib  # noqa: E402
-import inspect  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -20,8 +20,11 @@ import PIL.Image  # noqa: E402
 import torch  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
-from modeling_referencenet import install_reference_processors  # noqa: E402
 from pipeline_face_anon import FaceAnonPipeline  # noqa: E402
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from authors_model import authors_denoising  # noqa: E402
 
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "reference_tiny"
@@ -100,15 +103,15 @@ def manual_anonymization(
     anonymization_degree: float = 1.25,
     guidance_scale: float = 4.0,
 ) -> torch.Tensor:
-    """Anonymization with guidance written out step by step from the paper's description, on `pipe`'s components and
-    a `scheduler` of its own: the final latents. Independent of the pipeline's loop and of its projected-once keys
-    and values: the UNet gets the raw reference states (`cross_attention_kwargs={"reference_states": ...}`) and
-    projects them at every step.
+    """Anonymization with guidance as the reference implementation computes it, on `pipe`'s networks and a
+    `scheduler` of its own: the final latents. Independent of the pipeline's loop, its batching and its attention:
+    the encoders are called here, and the ReferenceNets and the loop are `benchmarks/authors_model.py`'s (both
+    ReferenceNets at the doubled batch; queries, keys and values for all 3N tokens at every step).
 
     Draws from `generator` in the pipeline's documented order: initial noise, VAE posterior noise, step noise.
     """
-    degree, latent_size = anonymization_degree, size // pipe.vae_scale_factor
     scheduler.set_timesteps(num_inference_steps)
+    latent_size = size // pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, latent_size, latent_size)
     latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
 
@@ -121,36 +124,13 @@ def manual_anonymization(
         face = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
     else:
         face = encoded.latents
-    face = face * pipe.vae.config.scaling_factor
-
-    # Source ReferenceNet on [null ; face] with the embedding scaled first; the face's states moved past the null's.
-    null_latents, null_embedding = torch.zeros_like(face), torch.zeros_like(embedding)
-    source = pipe.referencenet(
-        torch.cat([null_latents, face]), 0, torch.cat([null_embedding, (1 - degree) * embedding])
-    ).states
-    source = {
-        layer: torch.cat([null, (1 - degree) * state + degree * null])
-        for layer, (null, state) in ((layer, s.chunk(2)) for layer, s in source.items())
-    }
-    driving = pipe.conditioning_referencenet(torch.cat([face, face]), 0, torch.cat([embedding, embedding])).states
-    states = {layer: torch.cat([source[layer], driving[layer]], dim=1) for layer in driving}
-    tokens = torch.cat(
-        [torch.cat([null_embedding, (1 - degree) * embedding]), torch.cat([embedding, embedding])], dim=1
+    return authors_denoising(
+        pipe,
+        latents,
+        face * pipe.vae.config.scaling_factor,
+        embedding,
+        scheduler,
+        anonymization_degree=anonymization_degree,
+        guidance_scale=guidance_scale,
+        generator=generator,
     )
-
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    previous = install_reference_processors(pipe.unet)
-    try:
-        for t in scheduler.timesteps:
-            noise = pipe.unet(
-                scheduler.scale_model_input(torch.cat([latents, latents]), t),
-                t,
-                encoder_hidden_states=tokens,
-                cross_attention_kwargs={"reference_states": states},
-            ).sample
-            null_noise, source_noise = noise.chunk(2)
-            noise = (1 - guidance_scale) * null_noise + guidance_scale * source_noise
-            latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
-    finally:
-        pipe.unet.set_attn_processor(previous)
-    return latents

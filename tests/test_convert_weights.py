@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CASES, MANIFEST
+from helpers import ATOL, CASES, MANIFEST, relative_files, sha256
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import convert_weights
-from pipeline_face_anon import FaceAnonPipeline
+from original_checkpoint import OriginalSources, trained_sample_size
+from pipeline_face_anon import EXAMPLE_DOC_STRING, EXAMPLE_REPOSITORY, FaceAnonPipeline
 
 
-ATOL = MANIFEST["tolerances_suggestion"]["expected_outputs_abs"]
+ROOT = Path(__file__).parents[1]
 # Subprocesses (the converter's verification, the load check) run tiny models: one thread is ~10x faster than two on
 # a busy 2-core machine, where OpenMP threads spin waiting for each other.
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1"}
@@ -44,6 +45,10 @@ def source_args(fixture_dir: Path, face_model=None, sd_model=None, clip_model=No
         "--sd-model", str(sd_model or fixture_dir / "sd"),
         "--clip-model", str(clip_model or fixture_dir / "clip"),
     ]  # fmt: skip
+
+
+def fixture_sources(fixture_dir: Path) -> OriginalSources:
+    return OriginalSources.of(fixture_dir / "face_model", fixture_dir / "sd", fixture_dir / "clip")
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -164,8 +169,14 @@ def test_layout_and_model_index(converted, fixture_dir):
     for name in ("referencenet", "conditioning_referencenet"):  # where diffusers looks for a component's code
         assert (out / name / "modeling_referencenet.py").read_text() == modeling
 
-    files = convert_weights._relative_files(out)
+    files = relative_files(out)
     assert not [f for f in files if not f.endswith((".json", ".py", ".md", ".safetensors"))]  # safetensors only
+    assert sorted(f for f in files if f.endswith(".py")) == [  # the inference code only
+        "conditioning_referencenet/modeling_referencenet.py",
+        "modeling_referencenet.py",
+        "pipeline_face_anon.py",
+        "referencenet/modeling_referencenet.py",
+    ]
     assert not any(name.startswith(".") for name in os.listdir(out.parent))  # no temporary folder left
 
     image_encoder = json.loads((out / "image_encoder" / "config.json").read_text())
@@ -197,7 +208,7 @@ def test_written_tensors_equal_the_sources(converted, converted_fp16, fixture_di
 
 
 def test_fp16_variant_files_and_stale_content(converted_fp16):
-    files = convert_weights._relative_files(converted_fp16)
+    files = relative_files(converted_fp16)
     weights = [f for f in files if f.endswith(".safetensors")]
     assert len(weights) == 5 and all(f.endswith(".fp16.safetensors") for f in weights)
     assert "stale.txt" not in files  # --overwrite replaced the earlier folder
@@ -217,16 +228,25 @@ def test_model_card(converted, fixture_dir):
     ]
     assert {"face-anonymization", "face-swapping"} <= set(card.data.tags)
     text = card.text
-    assert 'from_pretrained(\n    "someone/face-anon-tiny", trust_remote_code=True' in text
-    assert "anonymization_degree=1.25" in text and "source_image=source, anonymization_degree=0.0" in text
-    assert "@InProceedings{Kung_2025_WACV" in text
+    assert (
+        'from_pretrained(\n    "someone/face-anon-tiny", trust_remote_code=True, torch_dtype=torch.float32\n)' in text
+    )
+    # the usage is the pipeline's docstring example, line for line
+    example = [line.strip()[4:] for line in EXAMPLE_DOC_STRING.splitlines() if line.strip().startswith((">>>", "..."))]
+    assert all(line in text for line in example if line.strip() and EXAMPLE_REPOSITORY not in line)
+    # the components as model_index.json names them (the PIL image processor, not the torchvision one)
+    index = json.loads((out / "model_index.json").read_text())
+    for name in ("feature_extractor", "image_encoder", "unet", "vae", "scheduler"):
+        assert f"| `{name}/` | {index[name][0]} `{index[name][1]}`" in text, name
+    assert "transformers `CLIPImageProcessorPil`" in text
+    assert "@inproceedings{kung2025face" in text
     # provenance: every source folder with its file checksums, and a checksum of every weight file written
     manifest_files = MANIFEST["files"]
     for folder, source_file, _ in WEIGHT_FILES.values():
         assert manifest_files[f"{folder}/{source_file}"]["sha256"] in text
-    for path in convert_weights._relative_files(out):
+    for path in relative_files(out):
         if path.endswith(".safetensors"):
-            assert f"| `{path}` | {(out / path).stat().st_size:,} | `{convert_weights._sha256(out / path)}` |" in text
+            assert f"| `{path}` | {(out / path).stat().st_size:,} | `{sha256(out / path)}` |" in text
     for source in ("face_model", "sd", "clip"):
         assert f"`{fixture_dir.absolute() / source}` | `local folder`" in text
     assert re.search(r"max abs difference 0 \(tolerance 1e-05\)", text)
@@ -242,7 +262,7 @@ def test_push_to_hub_uploads_exactly_the_verified_files(converted):
     (commit,) = commits
     _, repo_id, uploads, kwargs = commit
     assert repo_id == "someone/face-anon-tiny" and kwargs["commit_message"] == "tiny conversion"
-    assert sorted(uploads) == convert_weights._relative_files(out)
+    assert sorted(uploads) == relative_files(out)
     for path, content in uploads.items():
         assert content == (out / path).read_bytes(), path
 
@@ -250,7 +270,7 @@ def test_push_to_hub_uploads_exactly_the_verified_files(converted):
 def test_push_refuses_a_folder_changed_since_verification(converted, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(converted[0], copy)
-    files = convert_weights._relative_files(copy)
+    files = relative_files(copy)
     (copy / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not verified")
     with pytest.raises(
         convert_weights.ConversionError, match=r"changed since it was verified.*diffusion_pytorch_model\.bin"
@@ -272,8 +292,8 @@ def test_from_original_sample_size(fixture_dir):
     ] * 3
     assert forced.default_image_size == 16 * forced.vae_scale_factor
     sd21 = {"block_out_channels": [320, 640, 1280, 1280], "sample_size": 96}
-    assert FaceAnonPipeline._trained_sample_size(sd21) == 64  # the published model: trained at 512 px
-    assert FaceAnonPipeline._trained_sample_size({"block_out_channels": [16, 32, 32], "sample_size": 8}) == 8
+    assert trained_sample_size(sd21) == 64  # the published model: trained at 512 px
+    assert trained_sample_size({"block_out_channels": [16, 32, 32], "sample_size": 8}) == 8
 
 
 def test_from_original_silences_clip_load_report(fixture_dir, capfd):
@@ -370,7 +390,7 @@ def test_existing_output_is_refused_and_kept(fixture_dir, tmp_path, capsys):
     # --overwrite replaces it only after a successful verification: a bad source leaves it as it was
     bad = no_unet(fixture_dir, tmp_path / "sources")
     assert convert_weights.main([*source_args(fixture_dir, **bad), "--output-dir", str(out), "--overwrite"]) == 1
-    assert convert_weights._relative_files(out) == ["model_index.json"] and leftovers(tmp_path) == []
+    assert relative_files(out) == ["model_index.json"] and leftovers(tmp_path) == []
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_repository(fixture_dir, tmp_path, capsys):
@@ -385,47 +405,44 @@ def test_overwrite_refuses_a_folder_that_is_not_a_repository(fixture_dir, tmp_pa
 # ------------------------------------------------------------------------------------------- verification
 
 
-def test_a_tensor_that_differs_from_its_source_fails_the_conversion(fixture_dir, tmp_path, capsys, monkeypatch):
-    write_components = convert_weights._write_components
-
-    def write_then_corrupt(work_dir, *args):
-        result = write_components(work_dir, *args)
-        path = work_dir / "referencenet" / "diffusion_pytorch_model.safetensors"
-        tensors = load_file(path)
-        tensors["conv_in.bias"] = tensors["conv_in.bias"] + 1e-3
-        save_file(tensors, path)
-        return result
-
-    monkeypatch.setattr(convert_weights, "_write_components", write_then_corrupt)
-    status = convert_weights.main([*source_args(fixture_dir), "--output-dir", str(tmp_path / "repo")])
-    assert status == 1
-    assert re.search(
-        r"referencenet/ .*tensor 'conv_in.bias' does not hold the source's values", capsys.readouterr().err
-    )
-    assert list(tmp_path.iterdir()) == []
+def test_a_tensor_that_differs_from_its_source_is_found(converted, fixture_dir, tmp_path):
+    copy = shutil.copytree(converted[0], tmp_path / "copy")
+    path = copy / "referencenet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    tensors["conv_in.bias"] = tensors["conv_in.bias"] + 1e-3
+    save_file(tensors, path)
+    sources = fixture_sources(fixture_dir)
+    files = convert_weights.source_weight_files(sources)
+    convert_weights.check_tensors(converted[0], sources, files, torch.float32, None)  # the original passes
+    with pytest.raises(
+        convert_weights.ConversionError, match=r"referencenet/ .*tensor 'conv_in.bias' does not hold the source's"
+    ):
+        convert_weights.check_tensors(copy, sources, files, torch.float32, None)
 
 
-def test_a_repository_that_computes_otherwise_fails_verification(fixture_dir, tmp_path, capsys, monkeypatch):
+def test_a_repository_that_computes_otherwise_fails_verification(converted, fixture_dir, tmp_path, monkeypatch):
     """Tensors intact but the scheduler config changed: only the fresh-process run can notice."""
-    write_code_and_index = convert_weights._write_code_and_index
-
-    def write_then_change_scheduler(work_dir, index):
-        write_code_and_index(work_dir, index)
-        path = work_dir / "scheduler" / "scheduler_config.json"
-        path.write_text(json.dumps(dict(json.loads(path.read_text()), prediction_type="epsilon")))
-
-    monkeypatch.setattr(convert_weights, "_write_code_and_index", write_then_change_scheduler)
+    copy = shutil.copytree(converted[0], tmp_path / "copy")
+    path = copy / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), prediction_type="epsilon")))
     for key, value in SUBPROCESS_ENV.items():
         monkeypatch.setenv(key, value)
-    status = convert_weights.main([*source_args(fixture_dir), "--output-dir", str(tmp_path / "repo")])
-    assert status == 1
-    err = capsys.readouterr().err
-    assert (
-        "verification failed: the written repository, loaded in a fresh process, does not compute what the sources compute"
-        in err
+    with pytest.raises(convert_weights.ConversionError) as error:
+        convert_weights.verify_in_fresh_process(copy, fixture_sources(fixture_dir), dtype=torch.float32)
+    assert "the written repository, loaded in a fresh process, does not compute what the sources compute" in str(
+        error.value
     )
-    assert re.search(r"differs from the sources' by up to [0-9.e-]+ \(tolerance 1e-05\)", err)
-    assert list(tmp_path.iterdir()) == []
+    assert re.search(r"differs from the sources' by up to [0-9.e-]+ \(tolerance 1e-05\)", str(error.value))
+
+
+def test_readme_and_model_card_cite_the_paper_alike():
+    """One BibTeX entry: the README's is the model card template's."""
+
+    def bibtex(text: str) -> str:
+        return re.search(r"```bibtex\n(.*?)```", text, re.S).group(1)
+
+    template = (ROOT / "templates" / "model_card.md").read_text()
+    assert bibtex((ROOT / "README.md").read_text()) == bibtex(template)
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -437,11 +454,13 @@ def test_help_explains_every_flag(capsys):
         convert_weights.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for action in convert_weights.build_parser()._actions:
-        assert action.help and action.option_strings[-1] in text, action.option_strings
-    for flag in ("--face-model", "--sd-model", "--clip-model", "--output-dir", "--dtype", "--variant", "--overwrite",
-                 "--push-to-hub", "--private", "--commit-message", "--face-model-revision"):  # fmt: skip
-        assert flag in text
+    for flag in (
+        "--face-model", "--face-model-revision", "--sd-model", "--sd-model-revision", "--clip-model",
+        "--clip-model-revision", "--cache-dir", "--output-dir", "--dtype", "--variant", "--sample-size", "--overwrite",
+        "--device", "--verify-steps", "--verify-size", "--verify-atol", "--verify-only", "--verify-report",
+        "--push-to-hub", "--private", "--commit-message",
+    ):  # fmt: skip
+        assert f"  {flag}" in text, flag
 
 
 @pytest.mark.parametrize(
@@ -460,7 +479,9 @@ def test_usage_errors(argv, message, capsys):
 
 
 def test_variant_implies_its_dtype():
-    parser = convert_weights.build_parser()
-    assert convert_weights._resolve_dtype(parser, parser.parse_args(["--variant", "fp16"])) == torch.float16
-    assert convert_weights._resolve_dtype(parser, parser.parse_args(["--variant", "bf16"])) == torch.bfloat16
-    assert convert_weights._resolve_dtype(parser, parser.parse_args([])) == torch.float32
+    assert convert_weights.resolve_dtype(None, "fp16") == torch.float16
+    assert convert_weights.resolve_dtype(None, "bf16") == torch.bfloat16
+    assert convert_weights.resolve_dtype(None, None) == torch.float32
+    assert convert_weights.resolve_dtype("float16", "fp16") == torch.float16
+    with pytest.raises(ValueError, match="--variant fp16 names float16 weights, but --dtype is float32"):
+        convert_weights.resolve_dtype("float32", "fp16")

@@ -10,6 +10,7 @@ from helpers import load_input
 
 from modeling_referencenet import (
     ReferenceAttnProcessor,
+    ReferenceNetModel,
     UnpairedAttnProcessor,
     install_reference_processors,
     reference_layer_name,
@@ -58,7 +59,10 @@ def test_query_only_attention_equals_concatenated_attention(dtype):
             from_keys_values = processor(attn_in_dtype, own.to(dtype), reference_keys_values=keys_values)
             torch.testing.assert_close(from_keys_values, from_states, rtol=0, atol=0)
             assert from_states.dtype == dtype
-            error, reference_error = (from_states.float() - exact).abs().max(), (reference_form.float() - exact).abs().max()
+            error, reference_error = (
+                (from_states.float() - exact).abs().max(),
+                (reference_form.float() - exact).abs().max(),
+            )
             assert error <= 2 * reference_error + 1e-5, (error, reference_error)
 
 
@@ -131,8 +135,6 @@ def test_referencenet_states_are_the_self_attention_inputs(tiny_pipeline):
 
 def test_referencenet_is_differentiable():
     """Training backpropagates through the states (the contract `face_anon_training` relies on)."""
-    from modeling_referencenet import ReferenceNetModel
-
     torch.manual_seed(0)
     net = ReferenceNetModel(
         sample_size=8,

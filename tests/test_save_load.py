@@ -1,7 +1,6 @@
 """`save_pretrained` writes a Hub-style folder that diffusers loads back as remote code, in a fresh process."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CASES, case_call_kwargs, case_latents
+from helpers import CASES, case_call_kwargs, case_latents, env_without_this_checkout, relative_files
 
 
 CASE = CASES[0]
@@ -48,8 +47,7 @@ def run_fresh_process(folder: Path, mode: str, tmp_path: Path, case: dict) -> np
         paths.append(str(tmp_path / f"face{index}.png"))
         face.save(paths[-1])
     out = tmp_path / f"{mode}.npy"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    env = env_without_this_checkout(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
     script = LOADER.replace("KWARGS", repr(kwargs))
     completed = subprocess.run(
         [sys.executable, "-c", script, str(folder), mode, str(out), str(tmp_path / "latents.npy"), *paths],
@@ -70,13 +68,14 @@ def test_saved_folder_layout(tiny_model_dir):
     assert index["conditioning_referencenet"] == ["modeling_referencenet", "ReferenceNetModel"]
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["image_encoder"] == ["transformers", "CLIPVisionModel"]
-    for path in (
-        "pipeline_face_anon.py",
-        "modeling_referencenet.py",
-        "referencenet/modeling_referencenet.py",
+    # the code diffusers runs, where it looks for it, and nothing else: no reader of the authors' layout
+    code = [path for path in relative_files(tiny_model_dir) if path.endswith(".py")]
+    assert code == [
         "conditioning_referencenet/modeling_referencenet.py",
-    ):
-        assert (tiny_model_dir / path).is_file(), path
+        "modeling_referencenet.py",
+        "pipeline_face_anon.py",
+        "referencenet/modeling_referencenet.py",
+    ]
     root = Path(__file__).parents[1]
     assert (tiny_model_dir / "pipeline_face_anon.py").read_text() == (root / "pipeline_face_anon.py").read_text()
     weights = sorted(
@@ -100,8 +99,7 @@ def test_save_load_save_round_trip(tiny_model_dir, tmp_path):
         "import sys\nfrom diffusers import DiffusionPipeline\n"
         "DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True).save_pretrained(sys.argv[2])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    env = env_without_this_checkout(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
     again = tmp_path / "again"
     completed = subprocess.run(
         [sys.executable, "-c", script, str(tiny_model_dir), str(again)],
@@ -121,9 +119,13 @@ def test_save_load_save_round_trip(tiny_model_dir, tmp_path):
 
 
 def test_installed_modules_import_without_the_repository(tmp_path):
-    """`pip install .` makes the Hub files importable as top-level modules (notebooks, the CLI)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = "from pipeline_face_anon import FaceAnonPipeline; import modeling_referencenet; print(FaceAnonPipeline.__module__)"
+    """`pip install .` makes the Hub files and the converter's modules importable as top-level modules (notebooks,
+    the CLI, `FaceAnonPipeline.from_original`)."""
+    env = env_without_this_checkout()
+    code = (
+        "from pipeline_face_anon import FaceAnonPipeline; import modeling_referencenet, original_checkpoint, "
+        "convert_weights; convert_weights.model_card_template(); print(FaceAnonPipeline.__module__)"
+    )
     completed = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

@@ -1,21 +1,16 @@
 """The fast paths compute the plain path's function: reference keys and values projected once per call, the UNet
 under `torch.compile(fullgraph=True)`, float16, and the authors' attention as the benchmark models it."""
 
-import sys
+import copy
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_input
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from authors_model import install_concatenated_processors
+from helpers import load_input
 
-from modeling_referencenet import ReferenceAttnProcessor, reference_layer_name
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from authors_model import install_concatenated_processors  # noqa: E402
+from modeling_referencenet import install_reference_processors, project_reference_states, reference_layer_name
 
 
 SIZE = 64
@@ -41,77 +36,76 @@ def unet_inputs(pipe, batch=2, seed=0, dtype=torch.float32):
     return sample, torch.tensor(501), tokens, states
 
 
-def unet_output(unet, sample, timestep, tokens):
+def unet_output(unet, sample, timestep, tokens, **attention_kwargs):
     with torch.no_grad():
-        return unet(sample, timestep, encoder_hidden_states=tokens, return_dict=False)[0]
-
-
-def random_attention(seed=0):
-    attn = Attention(query_dim=32, heads=2, dim_head=16)
-    generator = torch.Generator().manual_seed(seed)
-    for parameter in attn.parameters():
-        parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
-    return attn
+        return unet(sample, timestep, encoder_hidden_states=tokens, cross_attention_kwargs=attention_kwargs).sample
 
 
 # ------------------------------------------------------------------------ keys and values projected once per call
 
 
-def test_projection_with_the_attention_happens_at_once_and_matches_the_lazy_path():
-    attn, generator = random_attention(), torch.Generator().manual_seed(1)
-    states, own = torch.randn(2, 20, 32, generator=generator), torch.randn(2, 10, 32, generator=generator)
-    eager, lazy = ReferenceAttnProcessor("x"), ReferenceAttnProcessor("x")
+def test_keys_values_projected_once_equal_states_projected_in_the_forward(fresh_pipeline):
+    """The three ways to hand a call's reference tokens to the UNet compute the same thing: projected ahead (the
+    pipeline), raw states (training), and raw states with an empty dict the first step fills (CPU offload)."""
+    unet = fresh_pipeline.unet
+    sample, timestep, tokens, states = unet_inputs(fresh_pipeline)
+    install_reference_processors(unet)
+    from_states = unet_output(unet, sample, timestep, tokens, reference_states=states)
     with torch.no_grad():
-        eager.set_reference_states(states, attn)
-        assert eager._reference_key is not None and eager.reference_states is None  # projected, states released
-        lazy.set_reference_states(states)
-        assert lazy._reference_key is None  # no attention given: projected on the first call
-        expected = AttnProcessor2_0()(attn, torch.cat([own, states], dim=1))[:, :10]
-        torch.testing.assert_close(eager(attn, own), expected, rtol=0, atol=1e-5)
-        torch.testing.assert_close(lazy(attn, own), eager(attn, own), rtol=0, atol=0)
-        assert lazy._reference_key is not None and lazy.reference_states is None
+        keys_values = project_reference_states(unet, states)
+    assert sorted(keys_values) == sorted(
+        name for name in (key.removesuffix(".processor") for key in unet.attn_processors) if reference_layer_name(name)
+    )
+    torch.testing.assert_close(
+        unet_output(unet, sample, timestep, tokens, reference_keys_values=keys_values), from_states, rtol=0, atol=0
+    )
+    filled = {}
+    first = unet_output(unet, sample, timestep, tokens, reference_states=states, reference_keys_values=filled)
+    assert filled.keys() == keys_values.keys()  # the first step projected every layer into the call's dict
+    second = unet_output(unet, sample, timestep, tokens, reference_keys_values=filled)
+    torch.testing.assert_close(first, from_states, rtol=0, atol=0)
+    torch.testing.assert_close(second, from_states, rtol=0, atol=0)
 
 
-def test_projection_waits_while_the_weights_are_elsewhere():
-    """Under model CPU offload the UNet's weights reach the device only in its forward: projecting must wait."""
-    attn = random_attention().to("meta")
-    processor = ReferenceAttnProcessor("x")
-    states = torch.randn(1, 8, 32)
-    processor.set_reference_states(states, attn)
-    assert processor._reference_key is None and processor.reference_states is states
-
-
-def test_pipeline_hands_every_attention_its_keys_and_values_and_releases_them(fresh_pipeline):
+def test_projection_waits_while_the_weights_are_elsewhere(fresh_pipeline):
+    """Under model CPU offload the UNet's weights reach the device only in its forward: the pipeline then hands the
+    states and an empty dict instead of projecting (here the states sit on the meta device, the weights on the CPU)."""
     _, _, _, states = unet_inputs(fresh_pipeline)
     with torch.no_grad():
-        processors = fresh_pipeline.set_reference_states(states)
-    assert len(processors) == 11
-    for name, processor in processors.items():
-        assert processor.reference_layer == reference_layer_name(name)
-        assert processor._reference_key.shape[0] == 2 and processor.reference_states is None
-    fresh_pipeline.set_reference_states(None)
-    assert all(p._reference_key is None and p.reference_states is None for p in processors.values())
+        install_reference_processors(fresh_pipeline.unet)
+        here = fresh_pipeline.prepare_reference_attention(states)
+        elsewhere = fresh_pipeline.prepare_reference_attention({k: v.to("meta") for k, v in states.items()})
+    assert set(here) == {"reference_keys_values"} and len(here["reference_keys_values"]) > 0
+    assert elsewhere["reference_keys_values"] == {} and elsewhere["reference_states"].keys() == states.keys()
+
+
+def test_unet_is_differentiable_through_the_reference_states(fresh_pipeline):
+    """Training's contract: gradients reach the states (and so the ReferenceNets) through the UNet's projection."""
+    unet = fresh_pipeline.unet
+    sample, timestep, tokens, states = unet_inputs(fresh_pipeline)
+    install_reference_processors(unet)
+    states = {layer: state.requires_grad_() for layer, state in states.items()}
+    unet(
+        sample, timestep, encoder_hidden_states=tokens, cross_attention_kwargs={"reference_states": states}
+    ).sample.square().mean().backward()
+    assert all(state.grad is not None and state.grad.abs().sum() > 0 for state in states.values())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_unet_with_our_attention_equals_the_authors_attention(fresh_pipeline, dtype):
     """The whole UNet: ours (queries for the own tokens, keys and values projected once) against the reference
     form (queries, keys and values for all 3N tokens), exactly in float32 and within float16's rounding."""
-    unet = fresh_pipeline.unet
     sample, timestep, tokens, states = unet_inputs(fresh_pipeline)
-    install_concatenated_processors(unet, states)
-    exact = unet_output(unet, sample, timestep, tokens)
-    reference = ours = None
-    try:
-        unet.to(dtype)
-        low = {layer: state.to(dtype) for layer, state in states.items()}
-        install_concatenated_processors(unet, low)
-        reference = unet_output(unet, sample.to(dtype), timestep, tokens.to(dtype)).float()
-        fresh_pipeline.set_reference_states(low)
-        ours = unet_output(unet, sample.to(dtype), timestep, tokens.to(dtype)).float()
-    finally:
-        fresh_pipeline.set_reference_states(None)
-        unet.to(torch.float32)
+    exact_unet = fresh_pipeline.unet
+    install_concatenated_processors(exact_unet)
+    exact = unet_output(exact_unet, sample, timestep, tokens, reference_states=states)
+    unet = copy.deepcopy(exact_unet).to(dtype)
+    low = {layer: state.to(dtype) for layer, state in states.items()}
+    reference = unet_output(unet, sample.to(dtype), timestep, tokens.to(dtype), reference_states=low).float()
+    install_reference_processors(unet)
+    with torch.no_grad():
+        keys_values = project_reference_states(unet, low)
+    ours = unet_output(unet, sample.to(dtype), timestep, tokens.to(dtype), reference_keys_values=keys_values).float()
     if dtype == torch.float32:
         torch.testing.assert_close(ours, exact, rtol=0, atol=1e-5)
     else:
@@ -129,7 +123,9 @@ def test_unet_gets_the_schedulers_timesteps(fresh_pipeline):
         run(fresh_pipeline, num_inference_steps=4)
     finally:
         hook.remove()
-    np.testing.assert_array_equal(torch.stack(seen).numpy(), fresh_pipeline.scheduler.timesteps.numpy())
+    scheduler = copy.deepcopy(fresh_pipeline.scheduler)
+    scheduler.set_timesteps(4)
+    np.testing.assert_array_equal(torch.stack(seen).numpy(), scheduler.timesteps.numpy())
     assert all(t.ndim == 0 for t in seen)  # a tensor, never a Python number: a compiled UNet would recompile per step
 
 
@@ -146,10 +142,25 @@ def test_compiled_unet_runs_one_graph_for_every_step_and_call(fresh_pipeline):
         compiled = [run(fresh_pipeline, seed) for seed in (0, 1)]
         assert counters["stats"]["unique_graphs"] - graphs == 1
     finally:
-        fresh_pipeline.unet._compiled_call_impl = None
         torch._dynamo.reset()
     for got, want in zip(compiled, expected):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_dynamo_explains_the_unet_step_as_one_graph_without_breaks(fresh_pipeline):
+    """What `torch._dynamo.explain` says of one UNet step with the call's keys and values (the pipeline's path) and
+    with raw states (training's path)."""
+    unet = fresh_pipeline.unet
+    sample, timestep, tokens, states = unet_inputs(fresh_pipeline)
+    install_reference_processors(unet)
+    with torch.no_grad():
+        keys_values = project_reference_states(unet, states)
+        for attention_kwargs in ({"reference_keys_values": keys_values}, {"reference_states": states}):
+            explanation = torch._dynamo.explain(unet)(
+                sample, timestep, encoder_hidden_states=tokens, cross_attention_kwargs=attention_kwargs
+            )
+            assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+    torch._dynamo.reset()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -17,9 +17,10 @@ from typing import Any
 
 from ..detection import load_detector
 from ..errors import InputError, ModelLoadError
+from ..identity import DEFAULT_UNCERTAINTY_BAND, IdentityModelsMissing, make_selector
 from ..io.files import Journal, check_report_path, plan_files, write_atomic
 from ..io.images import DEFAULT_MAX_PIXELS, load_image
-from ..io.video import DEFAULT_CRF
+from ..io.video import DEFAULT_CRF, is_video_path
 from ..orchestration.batch import FileRun, engine_settings, process_files
 from ..orchestration.options import LIMITS, ON_ERROR_CHOICES, AnonymizeOptions, check_option
 from ..orchestration.report import Status, assemble_report, exit_status, report_json, summarize
@@ -75,6 +76,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {value}, expected a positive integer")
     return value
+
+
+def _face_indices(text: str) -> tuple[int, ...]:
+    try:
+        indices = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected face indices like 0,2") from None
+    if any(index < 0 for index in indices):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected face indices >= 0")
+    return indices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +192,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a JSON report, one object per input; refused (before any work) if REPORT is an input, an "
         "output, the journal, or an existing file that is not a face-anon report",
     )
+    # Who is anonymized (helper F): reference people, face indices.
+    add(
+        "--keep",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PHOTO",
+        help="leave the people shown in these reference photos (one face each) as they are and anonymize everyone "
+        "else; a face near the match threshold is anonymized (reported 'uncertain')",
+    )
+    add(
+        "--only",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PHOTO",
+        help="anonymize only the people shown in these reference photos (one face each); uncertain faces are "
+        "anonymized too",
+    )
+    add(
+        "--keep-faces",
+        type=_face_indices,
+        default=(),
+        metavar="I,J",
+        help="leave these faces of the one input photo as they are (their indices in its JSON report)",
+    )
+    add(
+        "--match-threshold",
+        type=float,
+        default=None,
+        metavar="DISTANCE",
+        help="sets threshold: same-person distance for --keep/--only (default: the embedder's, 0.6 for dlib)",
+    )
+    add(
+        "--uncertainty-band",
+        type=float,
+        default=DEFAULT_UNCERTAINTY_BAND,
+        metavar="DISTANCE",
+        help="sets band: faces this close to the threshold are uncertain and anonymized "
+        f"(default: {DEFAULT_UNCERTAINTY_BAND})",
+    )
     # Videos (helper E).
     add(
         "--crf",
@@ -210,8 +262,13 @@ class _VideoBar:
             self.close()
             self.input = progress.input
             self.bar = self.tqdm(
-                total=progress.frames, unit="frame", desc=progress.input.name, leave=False, position=1,
-                disable=self.disable, file=sys.stderr,
+                total=progress.frames,
+                unit="frame",
+                desc=progress.input.name,
+                leave=False,
+                position=1,
+                disable=self.disable,
+                file=sys.stderr,
             )
         self.bar.update(progress.frame - self.bar.n)
         elapsed = self.bar.format_dict.get("elapsed") or 0.0
@@ -274,6 +331,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = plan_files(args.inputs, args.output)
         report_path = None if args.json is None else check_report_path(args.json, plan)
         detector = load_detector(args.detector, threshold=args.threshold)
+        if args.keep_faces and (len(plan.jobs) != 1 or is_video_path(plan.jobs[0].input)):
+            raise InputError(
+                "--keep-faces", detail="chooses faces of one photo by their report index; give exactly one input photo"
+            )
+        # Reference photos are read and checked here, before any work (a bad one exits 2, naming it).
+        selector = make_selector(
+            keep=args.keep,
+            only=args.only,
+            keep_faces=args.keep_faces,
+            detector=detector,
+            options=options,
+            threshold=args.match_threshold,
+            band=args.uncertainty_band,
+            max_pixels=args.max_pixels,
+        )
         identity = None
         if args.identity is not None:
             if args.mode != "anonymize":
@@ -282,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity_crop(identity, detector=detector, crop_size=64)  # exactly one face, or exit 2
         if args.mode == "anonymize":
             resolve_dtype(args.dtype, resolve_device(args.device))
-    except ValueError as error:
+    except (ValueError, IdentityModelsMissing) as error:
         parser.error(str(error))
 
     def load_model():
@@ -296,9 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         journal=Journal(plan.journal),
         keep_metadata=args.keep_metadata,
         max_pixels=args.max_pixels,
-        settings=engine_settings(
-            options, detector=args.detector, threshold=args.threshold, model=args.model, dtype=args.dtype
-        ),
+        settings={
+            **engine_settings(
+                options, detector=args.detector, threshold=args.threshold, model=args.model, dtype=args.dtype
+            ),
+            **(selector.settings if selector is not None else {}),
+        },
+        selector=selector,
+        track_selector=None if selector is None else selector.track,
         video=video,
         identity=identity,
     )

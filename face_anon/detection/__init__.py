@@ -1,14 +1,26 @@
-"""Finding faces: the detector protocol and the bundled CenterFace detector."""
+"""Finding faces: the detector protocol, the bundled CenterFace detector, and the robust wrapper
+that every caller gets from :func:`load_detector` (faces cut by the border, dithered images)."""
 
-from .centerface import (
-    DETECTOR_NAMES,
-    LANDMARK_NAMES,
-    CenterFaceDetector,
-    Face,
-    FaceDetector,
-    default_centerface_path,
-    load_detector,
-)
+from .base import LANDMARK_NAMES, Face, FaceDetector
+from .centerface import CenterFaceDetector, default_centerface_path
+from .robust import RobustDetector
+
+
+DETECTOR_NAMES = ("centerface",)
+
+
+def load_detector(name: str = "centerface", *, robust: bool = True, **options) -> FaceDetector:
+    """Build a detector by name (the command line's ``--detector``); ``options`` go to its constructor.
+
+    With ``robust`` (the default) it is wrapped in :class:`RobustDetector`, which also finds faces cut by
+    the image border and faces in dithered or bitonal images, at about three times the detection time
+    (``benchmarks/README.md``, "Detection limits"); ``robust=False`` gives the bare detector.
+    """
+    if name == "centerface":
+        detector = CenterFaceDetector(**options)
+    else:
+        raise ValueError(f"detector: got {name!r}, expected one of: {', '.join(DETECTOR_NAMES)}")
+    return RobustDetector(detector) if robust else detector
 
 
 __all__ = [
@@ -17,6 +29,7 @@ __all__ = [
     "CenterFaceDetector",
     "Face",
     "FaceDetector",
+    "RobustDetector",
     "default_centerface_path",
     "load_detector",
 ]

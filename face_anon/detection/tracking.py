@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .centerface import Face
+from .base import Face
 
 
 DETECTED, INTERPOLATED, EXTENDED = "detected", "interpolated", "extended"

@@ -104,19 +104,6 @@ def test_the_report_files_hold_the_jsons_numbers(control_runs):
 # ------------------------------------------------------------------------------------------------ video
 
 
-def _write_video(path, frames, fps=10):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "12"})
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def _clip(count=5):
     """The astronaut's face drifting right by 4 px a frame, 256 x 256."""
     image = people.astronaut()
@@ -131,12 +118,12 @@ def test_video_controls(tmp_path, detector):
     (tmp_path / "original").mkdir()
     (tmp_path / "copy").mkdir()
     (tmp_path / "blurred").mkdir()
-    _write_video(tmp_path / "original" / "clip.mp4", frames)
+    people.write_video(tmp_path / "original" / "clip.mp4", frames)
     (tmp_path / "copy" / "clip.mp4").write_bytes((tmp_path / "original" / "clip.mp4").read_bytes())
     blurred = [
         np.asarray(r.image) for r in anonymize_photos(frames, detector=detector, options=AnonymizeOptions(mode="blur"))
     ]
-    _write_video(tmp_path / "blurred" / "clip.mp4", blurred)
+    people.write_video(tmp_path / "blurred" / "clip.mp4", blurred)
 
     status, same = _run(tmp_path / "original", tmp_path / "copy", tmp_path)
     assert status == 0
@@ -157,8 +144,8 @@ def test_videos_with_different_frame_counts_are_an_error_row(tmp_path):
     frames = _clip()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _write_video(tmp_path / "a" / "clip.mp4", frames)
-    _write_video(tmp_path / "b" / "clip.mp4", frames[:3])
+    people.write_video(tmp_path / "a" / "clip.mp4", frames)
+    people.write_video(tmp_path / "b" / "clip.mp4", frames[:3])
     status, report = _run(tmp_path / "a", tmp_path / "b", tmp_path)
     assert status == 1
     assert report["files"][0]["status"] == "error" and "frame counts" in report["files"][0]["error"]
@@ -234,3 +221,15 @@ def test_the_command_runs_as_a_module():
         [sys.executable, "-m", "face_anon.apps.evaluate", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "ORIGINAL" in out and "--report-dir" in out
+
+
+def test_without_dlib_the_command_says_what_to_install(originals, controls, tmp_path):
+    code = (
+        "import sys; sys.modules['dlib'] = None; "  # as if dlib-bin were not installed
+        "from face_anon.apps.evaluate import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [str(originals), str(controls["copy"]), "--json", str(tmp_path / "r.json"), "-q"]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "needs dlib" in done.stderr and "pip install 'face-anon[identity]'" in done.stderr
+    assert not (tmp_path / "r.json").exists()

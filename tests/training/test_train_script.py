@@ -30,6 +30,9 @@ from .training_helpers import (
 
 
 STEPS = 30
+# Offline; one thread, as in the tests' own process: the models are tiny, and threads that wait on each other on a
+# busy machine make a step many times slower.
+SUBPROCESS_ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 VALIDATION_STEPS = 15
 DESCRIPTION = "Four scikit-image sample photos in three triplets (a test run)."
 
@@ -54,11 +57,10 @@ def trained(base_model, train_data_dir, tmp_path_factory):
         random_flip=True,
         data_description=DESCRIPTION,
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         [sys.executable, str(ROOT / "train_face_anon.py"), *argv],
         cwd=output_dir.parent,
-        env=env,
+        env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,
         timeout=600,
@@ -166,11 +168,10 @@ def test_output_loads_in_a_fresh_process_and_anonymizes(trained, tmp_path):
 
     face = np.asarray(sample_photos(RESOLUTION)[0], dtype=np.uint8)  # the astronaut
     np.save(tmp_path / "face.npy", face)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         [sys.executable, "-c", LOAD_AND_ANONYMIZE, str(trained), str(tmp_path / "face.npy"), str(tmp_path / "out.npy")],
         cwd=tmp_path,
-        env=env,
+        env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -187,25 +188,31 @@ def test_output_loads_in_a_fresh_process_and_anonymizes(trained, tmp_path):
 
 
 def test_resume_equals_an_uninterrupted_run(base_model, tmp_path):
-    """9 steps, stop, resume to 18 == 18 straight: with 5 triplets, batches of 2 and 2 accumulation steps an epoch is
-    3 micro-batches (the last forces a step), so step 9 stops in the middle of an epoch."""
+    """10 steps, stop, resume to 20 == 20 straight. Seven triplets, batches of 1, 2 accumulation steps: an epoch is
+    7 micro-batches and 4 steps (the last micro-batch forces one), so step 10 stops in the middle of an epoch."""
     sd, clip = base_model
-    data_dir = write_triplets(tmp_path / "data", rows=[(0, 1, 2), (3, 2, 1), (1, 3, 0), (2, 0, 3), (0, 3, 1)])
+    rows = [(0, 1, 2), (3, 2, 1), (1, 3, 0), (2, 0, 3), (0, 3, 1), (3, 1, 2), (2, 1, 0)]
+    data_dir = write_triplets(tmp_path / "data", rows=rows)
     settings = dict(
-        gradient_accumulation_steps=2, random_flip=True, conditioning_dropout_prob=0.5, checkpointing_steps=9, seed=7
+        train_batch_size=1,
+        gradient_accumulation_steps=2,
+        random_flip=True,
+        conditioning_dropout_prob=0.5,
+        checkpointing_steps=10,
+        seed=7,
     )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train_face_anon.main(train_arguments(sd, clip, data_dir, straight, max_train_steps=18, **settings))
-    train_face_anon.main(train_arguments(sd, clip, data_dir, resumed, max_train_steps=9, **settings))
-    progress = torch.load(resumed / "checkpoint-9" / "custom_checkpoint_0.pkl", weights_only=True)
-    assert (progress["epoch"], progress["batches_in_epoch"]) == (4, 2)  # in the middle of an epoch
-    assert max_difference(state_dicts(resumed / "checkpoint-9"), state_dicts(straight / "checkpoint-9")) == 0
+    train_face_anon.main(train_arguments(sd, clip, data_dir, straight, max_train_steps=20, **settings))
+    train_face_anon.main(train_arguments(sd, clip, data_dir, resumed, max_train_steps=10, **settings))
+    progress = torch.load(resumed / "checkpoint-10" / "custom_checkpoint_0.pkl", weights_only=True)
+    assert (progress["epoch"], progress["batches_in_epoch"]) == (2, 4)  # in the middle of an epoch
+    assert max_difference(state_dicts(resumed / "checkpoint-10"), state_dicts(straight / "checkpoint-10")) == 0
     train_face_anon.main(
-        train_arguments(sd, clip, data_dir, resumed, max_train_steps=18, resume_from_checkpoint="latest", **settings)
+        train_arguments(sd, clip, data_dir, resumed, max_train_steps=20, resume_from_checkpoint="latest", **settings)
     )
     assert max_difference(state_dicts(resumed), state_dicts(straight)) <= 1e-6
-    assert max_difference(state_dicts(resumed), state_dicts(resumed / "checkpoint-9")) > 1e-4  # it did train on
-    optimizer = [torch.load(run / "checkpoint-18" / "optimizer.bin", weights_only=True) for run in (straight, resumed)]
+    assert max_difference(state_dicts(resumed), state_dicts(resumed / "checkpoint-10")) > 1e-4  # it did train on
+    optimizer = [torch.load(run / "checkpoint-20" / "optimizer.bin", weights_only=True) for run in (straight, resumed)]
     for a, b in zip(optimizer[0]["state"].values(), optimizer[1]["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 

@@ -1,0 +1,179 @@
+"""Where the web app keeps files, and when it deletes them: the app keeps no face longer than it must.
+
+Everything lives under one private folder (mode 0700) made for the app and removed when it stops::
+
+    ROOT/gradio/        Gradio's cache (GRADIO_TEMP_DIR): uploads land here; what a page shows is served from here
+         face-anon/TOKEN/KIND/   one visitor's previews and result (or one API call's result)
+    ROOT/private/TOKEN/ one visitor's upload between their clicks (never served)
+    ROOT/jobs/          running jobs' folders (each job deletes its own)
+
+- An upload is moved out of Gradio's cache as soon as the app receives it (the page keeps no copy).
+- A visitor's previous previews and result are deleted when they upload or run again, and all their
+  files when they close the page.
+- Anything else (an API call's result once the client fetched it, a visitor who vanished without
+  closing the page, an upload Gradio received for an event that failed) is deleted ``keep_seconds``
+  after it was last written or used, by a sweeper thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@dataclass
+class Session:
+    """One visitor's page: their current upload and the folders of what their page shows."""
+
+    token: str
+    served: Path  # under the Gradio cache: previews and result files
+    private: Path  # never served: the upload between clicks
+    last_used: float = field(default_factory=time.monotonic)
+    upload: Any = None  # the app's record of the current upload (kind, name, bytes or path, faces)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def folder(self, kind: str) -> Path:
+        """A fresh, empty folder for ``kind`` (``photo``, ``result``, ...), the previous one deleted."""
+        path = self.served / kind
+        _remove(path)
+        path.mkdir(parents=True)
+        return path
+
+    def private_folder(self) -> Path:
+        _remove(self.private)
+        self.private.mkdir(parents=True)
+        return self.private
+
+    def clear(self) -> None:
+        self.upload = None
+        _remove(self.served)
+        _remove(self.private)
+
+
+class FileStore:
+    """The app's folders, the visitors' sessions, and the sweeper that deletes what is left behind.
+
+    Args:
+        root: the app's folder; None makes a private temporary one, removed by :meth:`close`.
+        keep_seconds: how long an unused file or an idle session is kept at most.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, keep_seconds: float = 600.0) -> None:
+        self._owned = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="face-anon-app-")) if root is None else Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.cache_dir = self.root / "gradio"
+        self.private_dir = self.root / "private"
+        self.jobs_dir = self.root / "jobs"
+        for folder in (self.cache_dir, self.private_dir, self.jobs_dir):
+            folder.mkdir(exist_ok=True)
+        self.keep_seconds = float(keep_seconds)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    # sessions
+
+    def session(self, key: str | None) -> Session:
+        """The session of ``key`` (Gradio's session hash), made on first use; refreshed as used now."""
+        key = key or secrets.token_hex(8)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                token = secrets.token_hex(16)
+                session = Session(
+                    token=token, served=self.cache_dir / "face-anon" / token, private=self.private_dir / token
+                )
+                self._sessions[key] = session
+            session.last_used = time.monotonic()
+            return session
+
+    def drop(self, key: str | None) -> None:
+        """Forget a session and delete all its files (the visitor closed the page)."""
+        with self._lock:
+            session = self._sessions.pop(key, None) if key else None
+        if session is not None:
+            with session.lock:
+                session.clear()
+
+    def one_off(self) -> Path:
+        """A fresh served folder for one API call's result (deleted by the sweeper after ``keep_seconds``)."""
+        path = self.cache_dir / "face-anon" / "api" / secrets.token_hex(16)
+        path.mkdir(parents=True)
+        return path
+
+    @property
+    def sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    # sweeping
+
+    def sweep(self) -> None:
+        """Drop sessions idle for ``keep_seconds``; delete files under the cache and the private folder
+        not written or used for ``keep_seconds``, and the folders left empty."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [key for key, s in self._sessions.items() if now - s.last_used > self.keep_seconds]
+            in_use = {s.served for s in self._sessions.values()} | {s.private for s in self._sessions.values()}
+        for key in idle:
+            self.drop(key)
+        limit = time.time() - self.keep_seconds
+        for top in (self.cache_dir, self.private_dir):
+            for folder, _, files in os.walk(top, topdown=False):
+                here = Path(folder)
+                if any(here == used or used in here.parents for used in in_use):
+                    continue
+                for name in files:
+                    path = here / name
+                    with contextlib.suppress(FileNotFoundError):
+                        stat = path.lstat()
+                        if max(stat.st_mtime, stat.st_ctime) < limit:
+                            path.unlink()
+                if here != top:
+                    with contextlib.suppress(OSError):
+                        here.rmdir()  # only if empty
+
+    def start_sweeper(self, interval: float | None = None) -> None:
+        """Sweep every ``interval`` seconds (default: a third of ``keep_seconds``, between 1 and 60 s)."""
+        if self._sweeper is not None:
+            return
+        interval = interval if interval is not None else min(max(self.keep_seconds / 3, 1.0), 60.0)
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.sweep()
+
+        self._sweeper = threading.Thread(target=loop, name="face-anon-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def close(self) -> None:
+        """Stop sweeping; delete every session's files, and the whole folder if the store made it."""
+        self._stop.set()
+        with self._lock:
+            keys = list(self._sessions)
+        for key in keys:
+            self.drop(key)
+        if self._owned:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+__all__ = ["FileStore", "Session"]

@@ -1,0 +1,263 @@
+"""Detection that looks more than once: faces cut by the image border, and faces in dithered images.
+
+A single pass of a face detector misses two kinds of faces that a person sees at once:
+
+- **Faces cut by the border.** CenterFace marks a face by its centre on the output grid; when less than
+  about half of a face is inside the image its centre is outside, and nothing can mark it. Padding the
+  image moves the centre inside: mirrored on every side (a face cut at its middle becomes a whole,
+  symmetric face), and mirrored again after a downscale with a wide margin, for faces as large as the
+  image (close-up crops).
+- **Bitonal and dithered images** (1-bit scans, faxes, Group 4 TIFF, newspaper halftone, ordered or
+  error-diffusion dither, also after conversion back to 8-bit RGB or JPEG). The network was trained on
+  photos and sees only noise in them. Such images are recognised by their fine-scale energy, and the
+  detector also runs on low-pass filtered copies, at the blur that removes the dither pattern.
+
+:class:`RobustDetector` wraps any :class:`~face_anon.detection.base.FaceDetector` and returns the union
+of all passes, merged. The first pass is the wrapped detector on the unchanged image, so every face it
+finds alone is reported exactly as before. Measurements (what is found, what it costs) are in
+``benchmarks/README.md``, "Detection limits".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .base import Face, FaceDetector
+
+
+# Blur ladder for dithered images, in working-image pixels. A halftone of period p needs a Gaussian of
+# about p / 3 to become grey; error diffusion and 8x8 ordered dither need about 1.
+LOWPASS_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.5, 6.0)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A face from one pass, in the original image's pixels, its box not yet clipped to the image."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: tuple[tuple[float, float], ...]
+    first_pass: bool  # found by the wrapped detector on the unchanged image
+    mirrored: bool  # found in a pass whose margins are mirror images of the picture
+
+
+def dither_energy(grey: np.ndarray) -> float:
+    """Root mean square, in 8-bit grey levels, of what a Gaussian of sigma 2 px removes from ``grey``.
+
+    A dithered or halftoned image puts most of its contrast into this fine scale: 40 to 125 on our
+    dithered test images at the detector's working size, against 4 to 26 for photos (grass and a
+    noisy photo included; ``benchmarks/README.md``).
+    """
+    values = grey.astype(np.float32)
+    return float(np.sqrt(np.mean((values - cv2.GaussianBlur(values, (0, 0), 2.0)) ** 2)))
+
+
+def lowpass_sigmas(grey: np.ndarray, *, residual: float = 5.0) -> tuple[float, float]:
+    """The two blurs to detect a dithered image at: the least of :data:`LOWPASS_SIGMAS` after which the
+    dither pattern is gone (the fine-scale energy left below ``residual`` grey levels), and the next.
+
+    One blur does not fit all: too little leaves the pattern, too much erases small faces.
+    """
+    values = grey.astype(np.float32)
+    for index, sigma in enumerate(LOWPASS_SIGMAS):
+        blurred = cv2.GaussianBlur(values, (0, 0), sigma)
+        left = float(np.sqrt(np.mean((blurred - cv2.GaussianBlur(blurred, (0, 0), 1.0)) ** 2)))
+        if left < residual:
+            return sigma, LOWPASS_SIGMAS[min(index + 1, len(LOWPASS_SIGMAS) - 1)]
+    return LOWPASS_SIGMAS[-2], LOWPASS_SIGMAS[-1]
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class RobustDetector:
+    """A :class:`FaceDetector` that runs ``base`` on several views of the image and merges the faces.
+
+    Passes, each on every view (the image, plus two low-pass copies when it looks dithered):
+
+    1. ``base`` on the view as it is (for the image itself: exactly the wrapped detector's result);
+    2. ``border``: the view with a mirrored margin of ``border_margin`` times its shorter side on every
+       side, for faces cut by the border;
+    3. ``border``: the view with a mirrored margin of half its longer side, at half size (at least
+       1024 px on the long side), for large faces cut by the border and faces larger than the image.
+
+    Faces are merged by non-maximum suppression, faces of the first pass first. A face seen mostly in
+    the margin must still have ``min_visible`` of its box inside the image; a face that is only the
+    mirror image of another one in the margin is dropped. Boxes are clipped to the image; landmarks
+    may lie outside it (the orchestration covers the visible part).
+
+    Args:
+        base: the detector to run (e.g. :class:`~face_anon.detection.centerface.CenterFaceDetector`).
+            Its ``max_side``, if it has one, is the size the views are made at.
+        border: run passes 2 and 3.
+        dither: look for dithered images and detect on low-pass copies of them.
+        border_margin: the margin of pass 2, as a fraction of the shorter side (at least 16 px).
+        min_visible: least fraction of a face's box inside the image for a face found in a margin.
+        dither_threshold: :func:`dither_energy` above which an image counts as dithered.
+        nms_threshold: faces of different passes overlapping by more than this IoU are one face.
+    """
+
+    def __init__(
+        self,
+        base: FaceDetector,
+        *,
+        border: bool = True,
+        dither: bool = True,
+        border_margin: float = 0.1,
+        min_visible: float = 0.15,
+        dither_threshold: float = 24.0,
+        nms_threshold: float = 0.3,
+    ) -> None:
+        if not 0.0 < border_margin <= 1.0:
+            raise ValueError(f"border_margin: got {border_margin!r}, expected a fraction in (0, 1]")
+        if not 0.0 < min_visible <= 1.0:
+            raise ValueError(f"min_visible: got {min_visible!r}, expected a fraction in (0, 1]")
+        if not dither_threshold > 0:
+            raise ValueError(f"dither_threshold: got {dither_threshold!r}, expected a number of grey levels > 0")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(f"nms_threshold: got {nms_threshold!r}, expected a number in (0, 1]")
+        self.base = base
+        self.border = bool(border)
+        self.dither = bool(dither)
+        self.border_margin = float(border_margin)
+        self.min_visible = float(min_visible)
+        self.dither_threshold = float(dither_threshold)
+        self.nms_threshold = float(nms_threshold)
+
+    @property
+    def eye_scale(self) -> float:
+        return self.base.eye_scale
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Find faces in an RGB ``uint8`` array of shape (H, W, 3); best score first."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image: got an array of shape {image.shape} and dtype {image.dtype}, "
+                "expected an RGB uint8 array of shape (H, W, 3)"
+            )
+        height, width = image.shape[:2]
+        candidates = [
+            _Candidate(face.box, face.score, face.landmarks, first_pass=True, mirrored=False)
+            for face in self.base.detect(image)
+        ]
+        if not (self.border or self.dither) or min(height, width) < 2:
+            return self._merge(candidates, width, height)
+
+        work, scale = self._working_view(image)
+        views = [work]
+        if self.dither:
+            grey = cv2.cvtColor(work, cv2.COLOR_RGB2GRAY)
+            if dither_energy(grey) >= self.dither_threshold:
+                views += [cv2.GaussianBlur(work, (0, 0), sigma) for sigma in lowpass_sigmas(grey)]
+        for number, view in enumerate(views):
+            if number > 0:
+                candidates += self._pass(view, scale, margin=0, shrink=1.0)
+            if self.border:
+                short, long = min(view.shape[:2]), max(view.shape[:2])
+                candidates += self._pass(view, scale, margin=max(16, round(self.border_margin * short)), shrink=1.0)
+                candidates += self._pass(view, scale, margin=long // 2, shrink=min(1.0, max(long, 1024) / (2 * long)))
+        return self._merge(candidates, width, height)
+
+    def _working_view(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """The image at the size the wrapped detector works at (``max_side``), and that scale."""
+        max_side = getattr(self.base, "max_side", None)
+        height, width = image.shape[:2]
+        scale = 1.0 if not max_side else min(1.0, max_side / max(height, width))
+        if scale >= 1.0:
+            return image, 1.0
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+    def _pass(self, view: np.ndarray, scale: float, *, margin: int, shrink: float) -> list[_Candidate]:
+        """Run ``base`` on ``view`` with a mirrored ``margin`` on every side, resized by ``shrink``;
+        faces come back in the original image's pixels (``view`` is that image times ``scale``)."""
+        padded = view
+        if margin > 0:
+            # Mirror without repeating the edge pixel; a margin wider than the view needs several steps.
+            while min(padded.shape[:2]) - 1 < margin:
+                step = min(padded.shape[:2]) - 1
+                if step < 1:
+                    padded = cv2.copyMakeBorder(padded, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+                    break
+                padded = cv2.copyMakeBorder(padded, step, step, step, step, cv2.BORDER_REFLECT_101)
+                margin -= step
+            else:
+                padded = cv2.copyMakeBorder(padded, margin, margin, margin, margin, cv2.BORDER_REFLECT_101)
+        offset = (padded.shape[1] - view.shape[1]) / 2
+        if shrink < 1.0:
+            size = (max(1, round(padded.shape[1] * shrink)), max(1, round(padded.shape[0] * shrink)))
+            factors = (size[0] / padded.shape[1], size[1] / padded.shape[0])
+            padded = cv2.resize(padded, size, interpolation=cv2.INTER_AREA)
+        else:
+            factors = (1.0, 1.0)
+        out = []
+        for face in self.base.detect(np.ascontiguousarray(padded)):
+
+            def back(x: float, y: float) -> tuple[float, float]:
+                # Undo the resize, the margin and the view's scale (coordinates run from 0 to the width).
+                return (x / factors[0] - offset) / scale, (y / factors[1] - offset) / scale
+
+            x0, y0 = back(face.box[0], face.box[1])
+            x1, y1 = back(face.box[2], face.box[3])
+            points = tuple(back(x, y) for x, y in face.landmarks)
+            out.append(_Candidate((x0, y0, x1, y1), face.score, points, first_pass=False, mirrored=margin > 0))
+        return out
+
+    def _merge(self, candidates: list[_Candidate], width: int, height: int) -> list[Face]:
+        """One face per object: drop mirror images and faces mostly outside, then NMS, first pass first."""
+
+        def clipped(box):
+            return (min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+                    min(max(box[2], 0.0), width), min(max(box[3], 0.0), height))  # fmt: skip
+
+        def area(box):
+            return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+        def inside(box):
+            return 0 <= (box[0] + box[2]) / 2 <= width and 0 <= (box[1] + box[3]) / 2 <= height
+
+        kept = []
+        for candidate in candidates:
+            visible = clipped(candidate.box)
+            if area(visible) <= 0:
+                continue
+            if not candidate.first_pass:
+                if area(visible) < self.min_visible * area(candidate.box):
+                    continue
+                if candidate.mirrored and not inside(candidate.box) and _is_reflection(candidate, candidates, inside, width, height):
+                    continue
+            kept.append((candidate, visible))
+
+        kept.sort(key=lambda item: (not item[0].first_pass, -item[0].score))
+        accepted: list[tuple[_Candidate, tuple]] = []
+        for candidate, visible in kept:
+            if all(_iou(visible, other) <= self.nms_threshold for _, other in accepted):
+                accepted.append((candidate, visible))
+        faces = [Face(tuple(float(v) for v in visible), float(c.score), c.landmarks) for c, visible in accepted]
+        return sorted(faces, key=lambda face: -face.score)
+
+
+def _is_reflection(candidate: _Candidate, candidates: list[_Candidate], inside, width: int, height: int) -> bool:
+    """Whether ``candidate`` (centre outside the image) is the mirror image, across the border it lies
+    beyond, of another face whose centre is inside the image: a reflection in a margin, not a face."""
+    x0, y0, x1, y1 = candidate.box
+    if (x0 + x1) / 2 < 0:
+        x0, x1 = -x1, -x0
+    elif (x0 + x1) / 2 > width:
+        x0, x1 = 2 * width - x1, 2 * width - x0
+    if (y0 + y1) / 2 < 0:
+        y0, y1 = -y1, -y0
+    elif (y0 + y1) / 2 > height:
+        y0, y1 = 2 * height - y1, 2 * height - y0
+    mirror = (x0, y0, x1, y1)
+    return any(other is not candidate and inside(other.box) and _iou(mirror, other.box) >= 0.5 for other in candidates)
