@@ -509,11 +509,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     train_loss = 0.0
     while progress.global_step < args.max_train_steps:
-        sampler.set_epoch(progress.epoch)
-        dataset.set_epoch(progress.epoch)
         loader = train_dataloader
-        if progress.batches_in_epoch:
+        if progress.batches_in_epoch:  # resumed in the middle of an epoch
             loader = accelerator.skip_first_batches(train_dataloader, progress.batches_in_epoch)
+        # accelerate's loaders set their own epoch count on the sampler when iteration starts: give them ours.
+        loader.set_epoch(progress.epoch)
+        dataset.set_epoch(progress.epoch)
         for batch in loader:
             for generator, stream in ((noise_generator, data.NOISE_STREAM), (dropout_generator, data.DROPOUT_STREAM)):
                 generator.manual_seed(

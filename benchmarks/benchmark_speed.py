@@ -36,17 +36,21 @@ from pathlib import Path
 
 
 _HERE = Path(__file__).resolve().parent
-sys.path.append(str(_HERE.parent))  # the repository root (after PYTHONPATH, so another checkout can be timed)
+sys.path.append(str(_HERE.parent))  # the repository root
 sys.path.insert(0, str(_HERE))
 
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import torch  # noqa: E402
-from authors_model import ConcatenatedReferenceAttnProcessor, authors_pipeline, install_concatenated_processors  # noqa: E402
+from authors_model import authors_pipeline, install_concatenated_processors  # noqa: E402
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel  # noqa: E402
 
-from modeling_referencenet import ReferenceAttnProcessor, ReferenceNetModel, reference_layer_name  # noqa: E402
+from modeling_referencenet import (  # noqa: E402
+    ReferenceNetModel,
+    install_reference_processors,
+    project_reference_states,
+)
 from pipeline_face_anon import FaceAnonPipeline  # noqa: E402
 
 
@@ -244,72 +248,53 @@ def step_inputs(pipe: FaceAnonPipeline, faces: int, size: int, shapes: dict, see
 
 
 @torch.no_grad()
-def install_ours(pipe: FaceAnonPipeline, states: dict) -> None:
-    if hasattr(pipe, "set_reference_states"):
-        pipe.set_reference_states(states)
-    else:  # an older checkout, timed with PYTHONPATH: keys and values projected on the first step
-        for processor in pipe.install_reference_processors().values():
-            processor.set_reference_states(states[processor.reference_layer])
+def install_ours(unet, states: dict) -> dict:
+    """Our processors on `unet`; returns the step's `cross_attention_kwargs`: keys and values projected once."""
+    install_reference_processors(unet)
+    return {"reference_keys_values": project_reference_states(unet, states)}
 
 
-def install_reference(pipe: FaceAnonPipeline, states: dict) -> None:
-    install_concatenated_processors(pipe.unet, states)
-
-
-def release(pipe: FaceAnonPipeline) -> None:
-    for processor in pipe.unet.attn_processors.values():
-        if isinstance(processor, ConcatenatedReferenceAttnProcessor):
-            processor.reference_states = None
-        elif isinstance(processor, ReferenceAttnProcessor):
-            processor.set_reference_states(None)
+def install_reference(unet, states: dict) -> dict:
+    """The reference attention on `unet`; returns the step's `cross_attention_kwargs`: the raw states."""
+    install_concatenated_processors(unet)
+    return {"reference_states": states}
 
 
 @torch.no_grad()
-def unet_step(pipe: FaceAnonPipeline, inputs: dict) -> torch.Tensor:
-    return pipe.unet(
-        inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"], return_dict=False
+def unet_step(unet, inputs: dict, attention_kwargs: dict) -> torch.Tensor:
+    return unet(
+        inputs["sample"],
+        inputs["timestep"],
+        encoder_hidden_states=inputs["encoder_hidden_states"],
+        cross_attention_kwargs=attention_kwargs,
+        return_dict=False,
     )[0]
 
 
 def time_unet_steps(pipe, inputs, variants: dict, warmup: int, rounds: int, repeats: int, context=None) -> dict:
-    """Per-step time of each variant (`name -> install(pipe, states)`) on the same inputs.
+    """Per-step time of each variant (`name -> install(unet, states) -> cross_attention_kwargs`) on the same inputs.
 
     Rounds interleave the variants (so a change in the machine's load hits all of them alike); a round installs a
     variant (reference keys and values are projected then, outside the timing), warms up, and times `repeats`
     back-to-back steps, as the denoising loop runs them. Reports the fastest round and the median round.
     """
-    device = pipe._execution_device
+    device, unet = pipe._execution_device, pipe.unet
     times = {name: [] for name in variants}
     with context() if context else contextlib.nullcontext():
         for round_ in range(rounds):
             for name, install in variants.items():
-                install(pipe, inputs["states"])
-                try:
-                    for _ in range(warmup if round_ == 0 else 1):
-                        unet_step(pipe, inputs)
-                    seconds, _ = wall_time(lambda: [unet_step(pipe, inputs) for _ in range(repeats)], device)
-                    times[name].append(seconds / repeats)
-                finally:
-                    release(pipe)
+                attention_kwargs = install(unet, inputs["states"])
+                for _ in range(warmup if round_ == 0 else 1):
+                    unet_step(unet, inputs, attention_kwargs)
+                seconds, _ = wall_time(
+                    lambda kwargs=attention_kwargs: [unet_step(unet, inputs, kwargs) for _ in range(repeats)], device
+                )
+                times[name].append(seconds / repeats)
+                del attention_kwargs
     return {
         name: {"ms": 1e3 * min(t), "ms_median": 1e3 * statistics.median(t), "ms_rounds": [1e3 * x for x in t]}
         for name, t in times.items()
     }
-
-
-def install_ours_on(unet, states: dict) -> None:
-    """Our processors, holding `states`, on a UNet outside the pipeline (a copy in another dtype or device)."""
-    unet.set_attn_processor(
-        {
-            name: ReferenceAttnProcessor(reference_layer_name(name)) if reference_layer_name(name) else processor
-            for name, processor in unet.attn_processors.items()
-        }
-    )
-    for name, processor in unet.attn_processors.items():
-        if isinstance(processor, ReferenceAttnProcessor):
-            processor.set_reference_states(
-                states[processor.reference_layer], unet.get_submodule(name[: -len(".processor")])
-            )
 
 
 def step_flops(pipe, size: int, shapes: dict) -> dict:
@@ -325,11 +310,16 @@ def step_flops(pipe, size: int, shapes: dict) -> dict:
     tokens = torch.empty(2, 2, unet.config.cross_attention_dim, device="meta", dtype=dtype)
     states = {layer: torch.empty(2, 2 * n, c, device="meta", dtype=dtype) for layer, (n, c) in shapes.items()}
     flops = {}
-    for name, install in (("reference", install_concatenated_processors), ("ours", install_ours_on)):
+    for name, install in (("reference", install_reference), ("ours", install_ours)):
         with torch.no_grad():
-            install(unet, states)
+            attention_kwargs = install(unet, states)
             with FlopCounterMode(display=False) as counter:
-                unet(sample, torch.tensor(501, device="meta"), encoder_hidden_states=tokens)
+                unet(
+                    sample,
+                    torch.tensor(501, device="meta"),
+                    encoder_hidden_states=tokens,
+                    cross_attention_kwargs=attention_kwargs,
+                )
         flops[name] = counter.get_total_flops()
     return flops
 
@@ -364,22 +354,16 @@ def check_attention_equivalence(pipe: FaceAnonPipeline, size: int, shapes: dict,
     dtype, against the reference attention in a higher precision (float32, or float64 when the pipeline runs in
     float32). Ours passes when its error is within twice the reference attention's own rounding error."""
     inputs = step_inputs(pipe, faces, size, shapes, seed=1)
-    install_ours(pipe, inputs["states"])
-    ours = unet_step(pipe, inputs).float()
-    release(pipe)
-    install_reference(pipe, inputs["states"])
-    reference = unet_step(pipe, inputs).float()
-    release(pipe)
+    ours = unet_step(pipe.unet, inputs, install_ours(pipe.unet, inputs["states"])).float()
+    reference = unet_step(pipe.unet, inputs, install_reference(pipe.unet, inputs["states"])).float()
 
     high_dtype = torch.float64 if pipe.unet.dtype == torch.float32 else torch.float32
     high = copy.deepcopy(pipe.unet).to(high_dtype)
     high_inputs = {k: v.to(high_dtype) if k != "timestep" else v for k, v in inputs.items() if k != "states"}
-    high_states = {layer: state.to(high_dtype) for layer, state in inputs["states"].items()}
-    install_concatenated_processors(high, high_states)
-    with exact_float32(), torch.no_grad():
-        exact = high(**high_inputs, return_dict=False)[0]
-        install_ours_on(high, high_states)
-        ours_high = high(**high_inputs, return_dict=False)[0]
+    high_inputs["states"] = {layer: state.to(high_dtype) for layer, state in inputs["states"].items()}
+    with exact_float32():
+        exact = unet_step(high, high_inputs, install_reference(high, high_inputs["states"]))
+        ours_high = unet_step(high, high_inputs, install_ours(high, high_inputs["states"]))
     del high
     result = {
         "faces": faces,
@@ -440,7 +424,7 @@ def time_end_to_end(pipe, runs: dict, count: int, args) -> dict:
     for _ in range(args.e2e_repeats):
         for name, run in runs.items():
             reset_peak_memory(device)
-            seconds, images = wall_time(lambda: run(pipe, faces, args), device)
+            seconds, images = wall_time(lambda run=run: run(pipe, faces, args), device)
             times[name].append(seconds)
             peaks[name] = peak_memory_gb(device)
             finite[name] = bool(np.isfinite(images).all())
@@ -488,7 +472,7 @@ def count_loop_syncs(pipe, args, faces: int = 2) -> dict:
                 if name == "ours":
                     run_ours(pipe, images, args, callback_on_step_end=watch.pipeline_callback)
                 else:
-                    run_authors(pipe, images, args, step_callback=lambda i, n: watch.step(i))
+                    run_authors(pipe, images, args, step_callback=lambda i, n, watch=watch: watch.step(i))
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         messages = [str(w.message).splitlines()[0] for w in caught if "called a synchronizing" in str(w.message)]
@@ -569,9 +553,7 @@ def eager_variants(pipe, args, shapes, count: int) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     inputs = step_inputs(pipe, count, args.size, shapes)
-    install_ours(pipe, inputs["states"])
-    default_output = unet_step(pipe, inputs).float()
-    release(pipe)
+    default_output = unet_step(pipe.unet, inputs, install_ours(pipe.unet, inputs["states"])).float()
     variants = {
         "default": (contextlib.nullcontext, None),
         "cudnn_attention": (lambda: sdpa_kernel(SDPBackend.CUDNN_ATTENTION), None),
@@ -585,9 +567,7 @@ def eager_variants(pipe, args, shapes, count: int) -> dict:
             if memory_format is not None:
                 pipe.unet.to(memory_format=memory_format)
             with context():
-                install_ours(pipe, inputs["states"])
-                output = unet_step(pipe, inputs).float()
-                release(pipe)
+                output = unet_step(pipe.unet, inputs, install_ours(pipe.unet, inputs["states"])).float()
             timing = time_unet_steps(
                 pipe, inputs, {name: install_ours}, args.warmup, args.rounds, args.repeats, context
             )
@@ -595,39 +575,36 @@ def eager_variants(pipe, args, shapes, count: int) -> dict:
         except Exception as error:  # a backend this card or build lacks
             results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
         finally:
-            release(pipe)
             if memory_format is not None:
                 pipe.unet.to(memory_format=torch.contiguous_format)
     return results
 
 
 def compiled_run(pipe, args, shapes, count: int) -> dict:
-    """The UNet under `torch.compile(fullgraph=True)`: compile time, per-step time, end to end, recompiles."""
+    """The UNet under `torch.compile(fullgraph=True)`: compile time, per-step time, end to end, recompiles. Leaves
+    the UNet compiled (the last section of a run)."""
     from torch._dynamo.utils import counters
 
     device = pipe._execution_device
     faces = make_faces(count, args.size)
     eager = run_ours(pipe, faces, args, steps=2)
     pipe.unet.compile(fullgraph=True, mode=args.compile_mode, backend=args.compile_backend)
-    try:
-        graphs_before = counters["stats"]["unique_graphs"]
-        compile_seconds, compiled = wall_time(lambda: run_ours(pipe, faces, args, steps=2), device)
-        result = {
-            "faces": count,
-            "mode": args.compile_mode,
-            "backend": args.compile_backend,
-            "first_call_seconds": compile_seconds,
-            "max_abs_diff_vs_eager": float(np.abs(compiled - eager).max()),
-        }
-        inputs = step_inputs(pipe, count, args.size, shapes)
-        result["step"] = time_unet_steps(pipe, inputs, {"ours": install_ours}, args.warmup, args.rounds, args.repeats)[
-            "ours"
-        ]
-        del inputs
-        result["end_to_end"] = time_end_to_end(pipe, {"ours": run_ours}, count, args)["ours"]
-        result["graphs_compiled"] = counters["stats"]["unique_graphs"] - graphs_before
-    finally:
-        pipe.unet._compiled_call_impl = None  # back to eager
+    graphs_before = counters["stats"]["unique_graphs"]
+    compile_seconds, compiled = wall_time(lambda: run_ours(pipe, faces, args, steps=2), device)
+    result = {
+        "faces": count,
+        "mode": args.compile_mode,
+        "backend": args.compile_backend,
+        "first_call_seconds": compile_seconds,
+        "max_abs_diff_vs_eager": float(np.abs(compiled - eager).max()),
+    }
+    inputs = step_inputs(pipe, count, args.size, shapes)
+    result["step"] = time_unet_steps(pipe, inputs, {"ours": install_ours}, args.warmup, args.rounds, args.repeats)[
+        "ours"
+    ]
+    del inputs
+    result["end_to_end"] = time_end_to_end(pipe, {"ours": run_ours}, count, args)["ours"]
+    result["graphs_compiled"] = counters["stats"]["unique_graphs"] - graphs_before
     return result
 
 
@@ -687,7 +664,7 @@ def print_table(results: dict) -> None:
         "authors' model s/face | ours s/face | ours faces/s | ours peak GB |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for key, step in steps.items():
+    for step in steps.values():
         faces = step["faces"]
         ours, a = e2e.get(faces), authors.get(faces)
         peak = ours and ours["peak_memory_gb"]
@@ -819,12 +796,10 @@ def main(argv=None) -> dict:
                     runs["authors_model"] = run_authors
                 for name, result in time_end_to_end(pipe, runs, faces, args).items():
                     results["end_to_end"][name].append(result)
-                pipe.install_reference_processors()
 
     if device.type == "cuda" and "syncs" not in args.skip:
         with section("syncs"):
             results["loop_syncs"] = count_loop_syncs(pipe, args)
-            pipe.install_reference_processors()
 
     if "breakdown" not in args.skip:
         with section("breakdown"):

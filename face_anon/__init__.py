@@ -41,6 +41,7 @@ from .orchestration.stages import (
     replace_crops,
     select_faces,
 )
+from .orchestration.video import TrackSelector, VideoOptions, VideoReport, anonymize_video
 from .replacers import DiffusionAnonymizer, FaceAction, FaceReplacer, Redactor
 from .replacers.diffusion import load_pipeline
 
@@ -72,8 +73,12 @@ __all__ = [
     "Redactor",
     "Replacement",
     "Status",
+    "TrackSelector",
+    "VideoOptions",
+    "VideoReport",
     "anonymize_photo",
     "anonymize_photos",
+    "anonymize_video",
     "apply_on_error",
     "assemble_report",
     "check_report_path",

@@ -33,11 +33,11 @@ SHAPE_MODEL_5 = "shape_predictor_5_face_landmarks.dat"
 DLIB_CHIP_SIZE = 150
 DLIB_CHIP_PADDING = 0.25
 # Where our detector's five landmarks (LANDMARK_NAMES order) sit in that chip, in chip pixels: the
-# mean over 16 faces of CenterFace's refined landmarks mapped through dlib's own chip transform,
-# averaged with its mirror image so the template is symmetric about the chip's centre line
-# (benchmarks/benchmark_identity.py --calibrate reproduces it).
+# mean over 17 faces of CenterFace's refined landmarks mapped through dlib's own chip transform (its
+# 5-point model on the same faces), averaged with its mirror image so the template is symmetric about
+# the chip's centre line. ``benchmarks/benchmark_identity.py --calibrate`` measures it.
 DLIB_CHIP_TEMPLATE = np.array(
-    [[46.49, 46.10], [102.51, 46.10], [74.50, 78.53], [51.22, 103.21], [97.78, 103.21]], dtype=np.float64
+    [[47.14, 46.28], [101.86, 46.28], [74.50, 79.43], [51.87, 103.89], [97.13, 103.89]], dtype=np.float64
 )
 CHIP_ALIGNMENTS = ("landmarks", "dlib5")
 

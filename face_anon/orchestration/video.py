@@ -453,7 +453,7 @@ class _VideoRun:
         if result.action is FaceAction.BLACKED_OUT_ON_ERROR:
             state.redacted += 1
             state.error = state.error or result.error
-        elif state.action is None:
+        else:
             state.action = result.action
 
     def _write(self, frame_faces: FrameFaces, plans: list[FacePlan], image: np.ndarray) -> None:
@@ -478,7 +478,9 @@ class _VideoRun:
         reports = []
         for tid, state in sorted(self.tracks.items()):
             action = state.action
-            if action is None:  # never replaced in any frame: too small or outside the picture everywhere
+            if action is None and state.redacted:  # never replaced, blacked out wherever it was visible
+                action = FaceAction.BLACKED_OUT_ON_ERROR
+            elif action is None:  # never treated: too small or outside the picture in every frame
                 action = FaceAction.IGNORED_TOO_SMALL if self.options.min_face_size > 0 else FaceAction.OUTSIDE_IMAGE
             reports.append(
                 TrackReport(

@@ -177,5 +177,5 @@ def test_keep_in_a_video_decides_once_per_track(group, tmp_path):
     for i, (a, b) in enumerate(zip(before, after)):
         astronaut = (slice(60, 180), slice(180 - 8 * i, 270 - 8 * i))
         cameraman = (slice(150, 290), slice(710 - 8 * i, 830 - 8 * i))
-        assert np.abs(a[astronaut].astype(int) - b[astronaut]).mean() < 2.0  # kept: codec noise only
+        assert np.abs(a[astronaut].astype(int) - b[astronaut]).mean() < 4.0  # kept: re-encoding noise only
         assert np.abs(a[cameraman].astype(int) - b[cameraman]).mean() > 8.0  # blurred

@@ -134,8 +134,12 @@ def state_dicts(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def max_difference(a: dict, b: dict) -> float:
+    """The largest absolute difference between two (nested) dicts of tensors with the same keys."""
     assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    return max(
+        max_difference(a[k], b[k]) if isinstance(a[k], dict) else float((a[k].double() - b[k].double()).abs().max())
+        for k in a
+    )
 
 
 def as_array(image: PIL.Image.Image) -> np.ndarray:

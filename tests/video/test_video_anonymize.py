@@ -261,6 +261,7 @@ def test_a_face_that_cannot_be_replaced_is_blacked_out(composite, detector, tmp_
     good, bad = report.tracks
     assert good.redacted == 0 and good.action == FaceAction.ANONYMIZED
     assert bad.redacted == bad.detected + bad.extended and "simulated model failure" in bad.error
+    assert bad.action == FaceAction.BLACKED_OUT_ON_ERROR
     after, _, _ = decode_frames(tmp_path / "out.mp4")
     for image, scene in zip(after, placements):
         if len(scene) == 2:

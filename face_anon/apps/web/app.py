@@ -50,7 +50,7 @@ from .jobs import (
     report_summary,
     run_file,
 )
-from .store import FileStore, Session
+from .store import FileStore
 
 
 logger = logging.getLogger(__name__)
@@ -215,23 +215,28 @@ class WebApp:
             f"({per_face:.1f} s per face, measured). Blur, pixelate and black box are instant."
         )
 
-    def _session(self, request: Any) -> Session:
+    def _session(self, request: Any):
+        """The visitor's session for one event (see ``FileStore.session``)."""
         return self.store.session(getattr(request, "session_hash", None))
 
     # photo tab
 
-    def photo_uploaded(self, upload: str | None, request: Any = None):
+    def photo_uploaded(
+        self, upload: str | None, mode: str = "anonymize", steps: float | None = None, request: Any = None
+    ):
         """A photo was dropped: keep it privately, find its faces, show them numbered.
 
         Returns (faces image, face list update, estimate, status).
         """
         import gradio as gr
 
-        session = self._session(request)
-        with session.lock:
+        def rejected(status: str):
+            return None, gr.CheckboxGroup(choices=[], value=[], visible=False), "", status
+
+        with self._session(request) as session:
             session.clear()
             if not upload:
-                return None, gr.CheckboxGroup(choices=[], value=[], visible=False), "", ""
+                return rejected("")
             name = _display_name(upload, "photo")
             try:
                 path = _take(upload, session.private_folder(), name)
@@ -239,17 +244,11 @@ class WebApp:
                 faces = detect_faces(loaded, self.detector, AnonymizeOptions())
             except JobError as error:
                 session.clear()
-                return (
-                    None,
-                    gr.CheckboxGroup(choices=[], value=[], visible=False),
-                    "",
-                    f"**Cannot use this file.** {error}",
-                )
+                return rejected(f"**Cannot use this file.** {error}")
             except Exception as error:  # noqa: BLE001 - said in words; the details go to the server's log
                 logger.exception("reading an upload failed")
                 session.clear()
-                message = f"**Cannot use this file.** Reading it failed ({type(error).__name__})."
-                return None, gr.CheckboxGroup(choices=[], value=[], visible=False), "", message
+                return rejected(f"**Cannot use this file.** Reading it failed ({type(error).__name__}).")
             session.upload = Upload(kind="photo", name=name, path=path, boxes=tuple(face.box for face in faces))
             image = session.folder("photo") / "faces.jpg"
             draw_faces(loaded.rgb, faces).save(image, quality=90)
@@ -264,13 +263,12 @@ class WebApp:
             return (
                 str(image),
                 gr.CheckboxGroup(choices=choices, value=[index for _, index in choices], visible=bool(faces)),
-                self.estimate_text(len(faces), "anonymize", None),
+                self.estimate_text(len(faces), mode, steps),
                 status,
             )
 
     def photo_estimate(self, ticked: Sequence[int] | None, mode: str, steps: float, request: Any = None) -> str:
-        session = self._session(request)
-        upload = session.upload
+        upload = self.store.peek(getattr(request, "session_hash", None)).upload
         if upload is None or upload.kind != "photo":
             return ""
         return self.estimate_text(len(ticked or ()), mode, steps)
@@ -290,8 +288,7 @@ class WebApp:
         import gradio as gr
 
         nothing = (None, gr.DownloadButton(value=None, interactive=False), None)
-        session = self._session(request)
-        with session.lock:
+        with self._session(request) as session:
             upload = session.upload
             if upload is None or upload.kind != "photo":
                 return ("**Upload a photo first.**", *nothing)
@@ -348,8 +345,7 @@ class WebApp:
     # video tab
 
     def video_uploaded(self, upload: str | None, request: Any = None) -> str:
-        session = self._session(request)
-        with session.lock:
+        with self._session(request) as session:
             session.clear()
             if not upload:
                 return ""
@@ -376,8 +372,7 @@ class WebApp:
         import gradio as gr
 
         nothing = (None, gr.DownloadButton(value=None, interactive=False), None)
-        session = self._session(request)
-        with session.lock:
+        with self._session(request) as session:
             upload = session.upload
             if upload is None or upload.kind != "video":
                 return ("**Upload a video first.**", *nothing)
@@ -521,7 +516,11 @@ class WebApp:
                             elem_id="photo-upload",
                         )
                         faces_image = gr.Image(
-                            label="Faces found", type="filepath", interactive=False, elem_id="faces-image"
+                            label="Faces found",
+                            type="filepath",
+                            interactive=False,
+                            buttons=["fullscreen"],  # no share button: nothing leaves this page
+                            elem_id="faces-image",
                         )
                         faces = gr.CheckboxGroup(
                             label="Faces to anonymize (untick a face to keep it as it is)",
@@ -538,23 +537,27 @@ class WebApp:
                     with gr.Column():
                         status = gr.Markdown(elem_id="photo-status")
                         compare = gr.ImageSlider(
-                            label="Before / after", type="filepath", interactive=False, elem_id="photo-compare"
+                            label="Before / after (a preview: download the result below)",
+                            type="filepath",
+                            interactive=False,
+                            buttons=["fullscreen"],
+                            elem_id="photo-compare",
                         )
                         download = gr.DownloadButton(
                             "Download the result", interactive=False, variant="primary", elem_id="photo-download"
                         )
                         report = gr.JSON(label="Report", elem_id="photo-report")
 
-                def photo_uploaded(upload, request: gr.Request):
+                def photo_uploaded(upload, mode, steps, request: gr.Request):
                     cleared = (None, gr.DownloadButton(value=None, interactive=False), None)
-                    return (*self.photo_uploaded(upload, request), *cleared)
+                    return (*self.photo_uploaded(upload, mode, steps, request), *cleared)
 
                 def photo_estimate(ticked, mode, steps, request: gr.Request):
                     return self.photo_estimate(ticked, mode, steps, request)
 
                 uploaded = [faces_image, faces, estimate, status, compare, download, report]
-                photo.upload(photo_uploaded, inputs=photo, outputs=uploaded, api_visibility="private")
-                photo.clear(photo_uploaded, inputs=photo, outputs=uploaded, api_visibility="private")
+                photo.upload(photo_uploaded, inputs=[photo, mode, steps], outputs=uploaded, api_visibility="private")
+                photo.clear(photo_uploaded, inputs=[photo, mode, steps], outputs=uploaded, api_visibility="private")
                 for trigger in (faces.change, mode.change, steps.change):
                     trigger(
                         photo_estimate,
@@ -587,7 +590,9 @@ class WebApp:
                         v_run = gr.Button("Anonymize the video", variant="primary", elem_id="video-run")
                     with gr.Column():
                         v_status = gr.Markdown(elem_id="video-status")
-                        v_player = gr.Video(label="Result", interactive=False, elem_id="video-result")
+                        v_player = gr.Video(
+                            label="Result", interactive=False, buttons=["download"], elem_id="video-result"
+                        )
                         v_download = gr.DownloadButton(
                             "Download the result", interactive=False, variant="primary", elem_id="video-download"
                         )

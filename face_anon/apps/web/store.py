@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,7 @@ class FileStore:
 
     # sessions
 
-    def session(self, key: str | None) -> Session:
-        """The session of ``key`` (Gradio's session hash), made on first use; refreshed as used now."""
+    def _get(self, key: str | None) -> Session:
         key = key or secrets.token_hex(8)
         with self._lock:
             session = self._sessions.get(key)
@@ -106,13 +106,35 @@ class FileStore:
             session.last_used = time.monotonic()
             return session
 
-    def drop(self, key: str | None) -> None:
-        """Forget a session and delete all its files (the visitor closed the page)."""
+    @contextlib.contextmanager
+    def session(self, key: str | None) -> Iterator[Session]:
+        """The session of ``key`` (Gradio's session hash; made on first use), held for one event: its
+        lock is taken, and it counts as used until the event ends."""
+        session = self._get(key)
+        with session.lock:
+            try:
+                yield session
+            finally:
+                session.last_used = time.monotonic()
+
+    def peek(self, key: str | None) -> Session:
+        """The session of ``key`` without waiting for its event in progress (read-only use)."""
+        return self._get(key)
+
+    def drop(self, key: str | None, *, idle_for: float | None = None) -> None:
+        """Forget a session and delete all its files (the visitor closed the page); with ``idle_for``,
+        only if it has not been used for that many seconds (checked again once its event is over)."""
         with self._lock:
-            session = self._sessions.pop(key, None) if key else None
-        if session is not None:
-            with session.lock:
-                session.clear()
+            session = self._sessions.get(key) if key else None
+        if session is None:
+            return
+        with session.lock:
+            if idle_for is not None and time.monotonic() - session.last_used <= idle_for:
+                return
+            with self._lock:
+                if self._sessions.get(key) is session:
+                    del self._sessions[key]
+            session.clear()
 
     def one_off(self) -> Path:
         """A fresh served folder for one API call's result (deleted by the sweeper after ``keep_seconds``)."""
@@ -133,9 +155,10 @@ class FileStore:
         now = time.monotonic()
         with self._lock:
             idle = [key for key, s in self._sessions.items() if now - s.last_used > self.keep_seconds]
-            in_use = {s.served for s in self._sessions.values()} | {s.private for s in self._sessions.values()}
         for key in idle:
-            self.drop(key)
+            self.drop(key, idle_for=self.keep_seconds)
+        with self._lock:
+            in_use = {s.served for s in self._sessions.values()} | {s.private for s in self._sessions.values()}
         limit = time.time() - self.keep_seconds
         for top in (self.cache_dir, self.private_dir):
             for folder, _, files in os.walk(top, topdown=False):
