@@ -23,6 +23,7 @@ from ..io.images import DEFAULT_MAX_PIXELS, load_image
 from ..io.video import DEFAULT_CRF, is_video_path
 from ..orchestration.batch import FileRun, engine_settings, process_files
 from ..orchestration.options import LIMITS, ON_ERROR_CHOICES, AnonymizeOptions, check_option
+from ..orchestration.ray_runner import RayConfig, faces_replaced, plan_inputs, process_files_ray, require_ray
 from ..orchestration.report import Status, assemble_report, exit_status, report_json, summarize
 from ..orchestration.video import VideoOptions, VideoProgress, identity_crop
 from ..replacers.base import MODES
@@ -75,6 +76,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {value}, expected a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"got {text}, expected a number >= 0")
     return value
 
 
@@ -247,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="videos, mode anonymize: give every person this face's identity instead of a new one per person "
         "(an image with exactly one face)",
     )
+    # A Ray cluster (helper H): face_anon.orchestration.ray_runner.
+    add(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: a Ray Data pipeline on a local or remote Ray cluster, where "
+        "INPUT may also be a text file listing paths or URIs, or a URI (s3://bucket/photos)",
+    )
+    add("--ray-address", metavar="ADDR", default=None, help="Ray cluster to join (default: start a local one)")
+    add(
+        "--num-gpus-per-worker",
+        type=_non_negative_float,
+        default=None,
+        metavar="G",
+        help="GPUs per model worker (default: 1 when the cluster has GPUs, else 0: CPU workers)",
+    )
+    add("--detect-workers", type=_positive_int, default=None, metavar="N", help="Ray workers reading and detecting")
+    add("--anonymize-workers", type=_positive_int, default=None, metavar="M", help="Ray workers holding the model")
     add("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -328,7 +354,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_error=args.on_error,
         )
         video = VideoOptions(crf=args.crf)
-        plan = plan_files(args.inputs, args.output)
+        ray_config = None
+        if args.engine == "ray":
+            require_ray()  # else exit 2 with the install command
+            ray_config = RayConfig(
+                address=args.ray_address,
+                num_gpus_per_worker=args.num_gpus_per_worker,
+                detect_workers=args.detect_workers,
+                anonymize_workers=args.anonymize_workers,
+            )
+            plan = plan_inputs(args.inputs, args.output)
+        else:
+            plan = plan_files(args.inputs, args.output)
         report_path = None if args.json is None else check_report_path(args.json, plan)
         detector = load_detector(args.detector, threshold=args.threshold)
         if args.keep_faces and (len(plan.jobs) != 1 or is_video_path(plan.jobs[0].input)):
@@ -391,11 +428,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             video_bar = _VideoBar(tqdm, args.quiet)
             run = dataclasses.replace(run, video_progress=video_bar)
             with tqdm(total=len(plan.jobs), unit="file", disable=args.quiet, file=sys.stderr) as progress:
-                for report in process_files(plan, detector=detector, run=run, load_pipeline=load_model):
+                if ray_config is not None:
+                    files = process_files_ray(
+                        plan,
+                        run=run,
+                        detector=args.detector,
+                        threshold=args.threshold,
+                        load_pipeline=load_model,
+                        model=args.model,
+                        config=ray_config,
+                    )
+                else:
+                    files = process_files(plan, detector=detector, run=run, load_pipeline=load_model)
+                faces = 0
+                for report in files:
                     video_bar.close()
                     reports.append(report)
                     if report.status is Status.ERROR:
                         progress.write(f"face-anon: {report.input}: {report.error}", file=sys.stderr)
+                    faces += faces_replaced(report)
+                    elapsed = progress.format_dict.get("elapsed") or 0.0
+                    if elapsed > 0:
+                        progress.set_postfix_str(f"{faces / elapsed:.2f} faces/s", refresh=False)
                     progress.update(1)
         except ModelLoadError as error:
             print(f"face-anon: {error}", file=sys.stderr)

@@ -31,6 +31,22 @@ from .base import Face, FaceDetector
 # Blur ladder for dithered images, in working-image pixels. A halftone of period p needs a Gaussian of
 # about p / 3 to become grey; error diffusion and 8x8 ordered dither need about 1.
 LOWPASS_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.5, 6.0)
+# Pass 2's mirrored margin in working-image pixels: small faces (up to about 100 px) cut by the border.
+# Larger ones are pass 3's, which sees the image at half size (faces from about 50 px).
+STRIP_MARGIN = 48
+WIDE_MIN_SIDE = 640  # pass 3 never shrinks the image below this long side
+
+
+def mirror_pad(image: np.ndarray, margin: int) -> np.ndarray:
+    """``image`` with ``margin`` mirrored pixels on every side (edge pixel not repeated, as a mirror
+    at the pixel's centre); margins wider than the image mirror again, a tiny image is replicated."""
+    while margin > 0:
+        step = min(margin, min(image.shape[:2]) - 1)
+        if step < 1:
+            return cv2.copyMakeBorder(image, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+        image = cv2.copyMakeBorder(image, step, step, step, step, cv2.BORDER_REFLECT_101)
+        margin -= step
+    return image
 
 
 @dataclass(frozen=True)
@@ -161,11 +177,10 @@ class RobustDetector:
                 views += [cv2.GaussianBlur(work, (0, 0), sigma) for sigma in lowpass_sigmas(grey)]
         for number, view in enumerate(views):
             if number > 0:
-                candidates += self._pass(view, scale, margin=0, shrink=1.0)
+                candidates += self._run(view, scale, offset=(0, 0))
             if self.border:
-                short, long = min(view.shape[:2]), max(view.shape[:2])
-                candidates += self._pass(view, scale, margin=max(16, round(self.border_margin * short)), shrink=1.0)
-                candidates += self._pass(view, scale, margin=long // 2, shrink=min(1.0, max(long, 1024) / (2 * long)))
+                candidates += self._border_strips(view, scale)
+                candidates += self._wide_margin(view, scale)
         return self._merge(candidates, width, height)
 
     def _working_view(self, image: np.ndarray) -> tuple[np.ndarray, float]:
@@ -178,39 +193,71 @@ class RobustDetector:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
-    def _pass(self, view: np.ndarray, scale: float, *, margin: int, shrink: float) -> list[_Candidate]:
-        """Run ``base`` on ``view`` with a mirrored ``margin`` on every side, resized by ``shrink``;
-        faces come back in the original image's pixels (``view`` is that image times ``scale``)."""
-        padded = view
-        if margin > 0:
-            # Mirror without repeating the edge pixel; a margin wider than the view needs several steps.
-            while min(padded.shape[:2]) - 1 < margin:
-                step = min(padded.shape[:2]) - 1
-                if step < 1:
-                    padded = cv2.copyMakeBorder(padded, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
-                    break
-                padded = cv2.copyMakeBorder(padded, step, step, step, step, cv2.BORDER_REFLECT_101)
-                margin -= step
-            else:
-                padded = cv2.copyMakeBorder(padded, margin, margin, margin, margin, cv2.BORDER_REFLECT_101)
-        offset = (padded.shape[1] - view.shape[1]) / 2
-        if shrink < 1.0:
-            size = (max(1, round(padded.shape[1] * shrink)), max(1, round(padded.shape[0] * shrink)))
-            factors = (size[0] / padded.shape[1], size[1] / padded.shape[0])
-            padded = cv2.resize(padded, size, interpolation=cv2.INTER_AREA)
-        else:
-            factors = (1.0, 1.0)
+    def _border_strips(self, view: np.ndarray, scale: float) -> list[_Candidate]:
+        """Pass 2: small faces cut by the border, at full size, on four strips along the mirrored border.
+
+        Each strip holds ``STRIP_MARGIN`` mirrored pixels and twice that much of the view; only faces
+        centred within ``STRIP_MARGIN`` of that border are kept (the others are the first pass's).
+        """
+        margin, depth = STRIP_MARGIN, 2 * STRIP_MARGIN
+        height, width = view.shape[:2]
+        padded = mirror_pad(view, margin)
+        if 2 * (width + height + 4 * margin) * (margin + depth) >= padded.shape[0] * padded.shape[1]:
+            return self._run(padded, scale, offset=(margin, margin), mirrored=True)  # small view: strips overlap
         out = []
-        for face in self.base.detect(np.ascontiguousarray(padded)):
+        strips = {
+            "left": (padded[:, : margin + depth], (margin, margin)),
+            "right": (padded[:, width + margin - depth :], (margin - (width - depth), margin)),
+            "top": (padded[: margin + depth], (margin, margin)),
+            "bottom": (padded[height + margin - depth :], (margin, margin - (height - depth))),
+        }
+        limit = margin / scale
+        full_width, full_height = width / scale, height / scale
+        for side, (strip, offset) in strips.items():
+            for candidate in self._run(strip, scale, offset=offset, mirrored=True):
+                cx = (candidate.box[0] + candidate.box[2]) / 2
+                cy = (candidate.box[1] + candidate.box[3]) / 2
+                distance = {"left": cx, "right": full_width - cx, "top": cy, "bottom": full_height - cy}[side]
+                if -limit <= distance <= limit:
+                    out.append(candidate)
+        return out
 
-            def back(x: float, y: float) -> tuple[float, float]:
-                # Undo the resize, the margin and the view's scale (coordinates run from 0 to the width).
-                return (x / factors[0] - offset) / scale, (y / factors[1] - offset) / scale
+    def _wide_margin(self, view: np.ndarray, scale: float) -> list[_Candidate]:
+        """Pass 3: large faces cut by the border and faces larger than the image, at half size with a
+        mirrored margin of half the longer side (no smaller than 640 px on the long side)."""
+        long, short = max(view.shape[:2]), min(view.shape[:2])
+        margin = min(long // 2, short)
+        padded = mirror_pad(view, margin)
+        shrink = min(1.0, max(long, WIDE_MIN_SIDE) / (2 * long))
+        if shrink >= 1.0:
+            return self._run(padded, scale, offset=(margin, margin), mirrored=True)
+        size = (max(1, round(padded.shape[1] * shrink)), max(1, round(padded.shape[0] * shrink)))
+        factors = (size[0] / padded.shape[1], size[1] / padded.shape[0])
+        small = cv2.resize(padded, size, interpolation=cv2.INTER_AREA)
+        return self._run(small, scale, offset=(margin, margin), factors=factors, mirrored=True)
 
+    def _run(
+        self,
+        image: np.ndarray,
+        scale: float,
+        *,
+        offset: tuple[float, float],
+        factors: tuple[float, float] = (1.0, 1.0),
+        mirrored: bool = False,
+    ) -> list[_Candidate]:
+        """``base`` on ``image``: a view of the original image at ``scale``, whose pixel (0, 0) lies
+        ``offset`` view pixels before the view's, resized by ``factors``; faces in original pixels."""
+
+        def back(x: float, y: float) -> tuple[float, float]:
+            # Coordinates run from 0 to the width (CenterFace's convention), so a resize is a division.
+            return (x / factors[0] - offset[0]) / scale, (y / factors[1] - offset[1]) / scale
+
+        out = []
+        for face in self.base.detect(np.ascontiguousarray(image)):
             x0, y0 = back(face.box[0], face.box[1])
             x1, y1 = back(face.box[2], face.box[3])
             points = tuple(back(x, y) for x, y in face.landmarks)
-            out.append(_Candidate((x0, y0, x1, y1), face.score, points, first_pass=False, mirrored=margin > 0))
+            out.append(_Candidate((x0, y0, x1, y1), face.score, points, first_pass=False, mirrored=mirrored))
         return out
 
     def _merge(self, candidates: list[_Candidate], width: int, height: int) -> list[Face]:

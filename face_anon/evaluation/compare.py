@@ -16,7 +16,7 @@ import numpy as np
 
 from ..detection import Face, FaceDetector
 from ..errors import ImageLoadError, InputError
-from ..identity.embedders import FaceEmbedder, eye_distance
+from ..identity.embedders import FaceEmbedder, embed_each, eye_distance
 from ..identity.matching import MIN_EYE_DISTANCE
 from ..io.images import DEFAULT_MAX_PIXELS, load_image
 from ..orchestration.options import AnonymizeOptions
@@ -137,22 +137,6 @@ class FileRecord:
         return self.flicker_anonymized / self.flicker_original
 
 
-def _embed(embedder: FaceEmbedder, image: np.ndarray, faces: list[Face]) -> list[np.ndarray | None]:
-    """Embeddings of ``faces``; a face the embedder cannot handle gets None instead of failing the file."""
-    if not faces:
-        return []
-    try:
-        return list(embedder.embed(image, faces))
-    except Exception:  # noqa: BLE001 - one bad face (degenerate landmarks) must not sink the file
-        out: list[np.ndarray | None] = []
-        for face in faces:
-            try:
-                out.append(embedder.embed(image, [face])[0])
-            except Exception:  # noqa: BLE001
-                out.append(None)
-        return out
-
-
 def compare_faces(
     original: np.ndarray,
     anonymized: np.ndarray,
@@ -192,8 +176,8 @@ def compare_faces(
             )
         records.append(record)
     identifiable = [r for r in records if r.identifiable]
-    originals = _embed(embedder, original, [r.face for r in identifiable])
-    anonymized_embeddings = _embed(embedder, anonymized, [r.counterpart or r.face for r in identifiable])
+    originals = embed_each(embedder, original, [r.face for r in identifiable])
+    anonymized_embeddings = embed_each(embedder, anonymized, [r.counterpart or r.face for r in identifiable])
     for record, before, after in zip(identifiable, originals, anonymized_embeddings):
         if before is None or after is None:
             record.identifiable = False

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..identity.matching import track_embedding
 from . import metrics
 from .compare import EvaluationOptions, FaceRecord, FileRecord
 
@@ -44,7 +45,7 @@ def _rank1(files: Sequence[FileRecord]) -> tuple[float | None, int]:
                 gallery.append(face.original_embedding)
                 probes.append((face, len(gallery) - 1))
         for members in tracks.values():
-            gallery.append(np.median(np.stack([m.original_embedding for m in members]), axis=0))
+            gallery.append(track_embedding(np.stack([m.original_embedding for m in members])))
             probes.extend((member, len(gallery) - 1) for member in members)
     if len(gallery) < 2:
         return None, len(gallery)

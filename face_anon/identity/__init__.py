@@ -15,6 +15,7 @@ from .embedders import (
     FaceEmbedder,
     IdentityModelsMissing,
     dlib_chip_alignment,
+    embed_each,
     eye_distance,
     load_embedder,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "decide_track",
     "decision_for",
     "dlib_chip_alignment",
+    "embed_each",
     "eye_distance",
     "keeps",
     "load_embedder",

@@ -125,7 +125,8 @@ class DlibFaceEmbedder:
             the detector's five landmarks to dlib's chip layout (:func:`dlib_chip_alignment`);
             ``dlib5`` runs dlib's 5-point landmark model inside the detector's box and lets dlib cut
             the chip itself, exactly as the model was trained (a fallback, for landmarks of another
-            detector). Both agree to about 0.16 in distance (benchmarks/README.md).
+            detector). A face's two embeddings differ by 0.17 on average, up to 0.37 for a turned face
+            (benchmarks/README.md): compare faces embedded with the same alignment.
         model_dir: a folder with the two ``.dat`` files; default: the ``face-recognition-models`` package.
 
     Raises :class:`IdentityModelsMissing` when dlib or the model files are not installed.
@@ -192,6 +193,26 @@ def load_embedder(name: str = "dlib", **kwargs) -> FaceEmbedder:
     if name == "dlib":
         return DlibFaceEmbedder(**kwargs)
     raise InputError("embedder", name, f"one of {', '.join(EMBEDDER_NAMES)}")
+
+
+def embed_each(embedder: FaceEmbedder, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray | None]:
+    """One embedding per face, or None for a face the embedder cannot handle (degenerate landmarks, say).
+
+    All faces go to the embedder at once; only if that fails, face by face, so one bad face costs its
+    own embedding and never the others'. Callers treat None as "identity unknown".
+    """
+    if not faces:
+        return []
+    try:
+        return list(embedder.embed(image, faces))
+    except Exception:  # noqa: BLE001 - an unknown identity is a result here, not a failure
+        out: list[np.ndarray | None] = []
+        for face in faces:
+            try:
+                out.append(embedder.embed(image, [face])[0])
+            except Exception:  # noqa: BLE001
+                out.append(None)
+        return out
 
 
 def eye_distance(face: Face) -> float:

@@ -20,7 +20,7 @@ from ..errors import ImageLoadError, InputError
 from ..io.images import DEFAULT_MAX_PIXELS, load_image
 from ..orchestration.options import AnonymizeOptions
 from ..orchestration.stages import REPLACE, FaceDecision, find_faces
-from .embedders import FaceEmbedder, eye_distance
+from .embedders import FaceEmbedder, embed_each, eye_distance
 from .matching import (
     DEFAULT_UNCERTAINTY_BAND,
     MIN_EYE_DISTANCE,
@@ -145,7 +145,7 @@ class IdentitySelector:
         """Each face compared with the gallery (None without a gallery)."""
         if self.gallery is None:
             return [None] * len(faces)
-        embeddings = _embed_each(self.embedder, image, faces)
+        embeddings = embed_each(self.embedder, image, faces)
         found = [i for i, e in enumerate(embeddings) if e is not None]
         matches: list[IdentityMatch | None] = [None] * len(faces)
         if found:
@@ -187,7 +187,7 @@ class IdentitySelector:
         if self.gallery is None:
             return REPLACE
         step = max(1, -(-len(samples) // MAX_TRACK_SAMPLES))
-        embedded = [(image, face, _embed_each(self.embedder, image, [face])[0]) for image, face in samples[::step]]
+        embedded = [(image, face, embed_each(self.embedder, image, [face])[0]) for image, face in samples[::step]]
         embedded = [(face, vector) for _, face, vector in embedded if vector is not None]
         if not embedded:
             return FaceDecision(keep=False, reason=f"uncertain: no face of track {track_id} could be embedded")
@@ -267,22 +267,6 @@ def make_selector(
     return IdentitySelector(
         embedder=embedder, gallery=gallery, mode=mode, threshold=threshold, band=band, keep_faces=keep_faces
     )
-
-
-def _embed_each(embedder: FaceEmbedder, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray | None]:
-    """Embed all faces at once; if that fails, face by face, None for a face that cannot be embedded."""
-    if not faces:
-        return []
-    try:
-        return list(embedder.embed(image, faces))
-    except Exception:  # noqa: BLE001 - a face that cannot be embedded is anonymized, not fatal
-        out: list[np.ndarray | None] = []
-        for face in faces:
-            try:
-                out.append(embedder.embed(image, [face])[0])
-            except Exception:  # noqa: BLE001
-                out.append(None)
-        return out
 
 
 def decide_track(

@@ -123,11 +123,13 @@ def start_app(model_dir: Path, root: Path, log: Path, *flags: str, timeout: floa
 
 
 def run_cli(*args: str) -> None:
-    """``face-anon ARGS`` in this process (the command line's own ``main``); fails the test unless it exits 0."""
-    from face_anon.apps.cli import main
-
-    status = main([*args, "-q"])
-    assert status == 0, f"face-anon {' '.join(args)} exited with {status}"
+    """``face-anon ARGS`` as its own process, like the app (same threads: a model's last bits depend on them);
+    fails the test unless it exits 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "face_anon", *args, "-q"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"face-anon {' '.join(args)} exited with {done.returncode}:\n{done.stderr}"
 
 
 def wait_for(condition, timeout: float, interval: float = 0.5) -> bool:

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -428,33 +429,30 @@ class WebApp:
         if not image:
             raise gr.Error("image: no file was sent")
         name = _display_name(image, "image")
-        folder = self.store.one_off()
         try:
-            path = _take(image, folder, name)
-            check_photo(path, name, self.limits)
-            options = self.options(mode, anonymization_degree, self.config.num_inference_steps, seed, "fail")
-            result = run_file(
-                path,
-                output_suffix=".png",
-                options=options,
-                detector=self.detector,
-                model=self.model,
-                work_dir=self.store.jobs_dir,
-                limits=self.limits,
-            )
+            with tempfile.TemporaryDirectory(dir=self.store.jobs_dir, prefix="upload-") as folder:
+                path = _take(image, Path(folder), name)
+                check_photo(path, name, self.limits)
+                options = self.options(mode, anonymization_degree, self.config.num_inference_steps, seed, "fail")
+                result = run_file(
+                    path,
+                    output_suffix=".png",
+                    options=options,
+                    detector=self.detector,
+                    model=self.model,
+                    work_dir=self.store.jobs_dir,
+                    limits=self.limits,
+                )
         except JobError as error:
-            shutil.rmtree(folder, ignore_errors=True)
             raise gr.Error(str(error)) from None
         except Exception as error:  # noqa: BLE001
             logger.exception("an API job failed")
-            shutil.rmtree(folder, ignore_errors=True)
             raise gr.Error(f"something went wrong ({type(error).__name__})") from None
         finally:
             _discard(image)
-            (folder / f"upload{Path(name).suffix.lower()}").unlink(missing_ok=True)
         output_name = f"{_stem(name)}_anonymized.png"
-        (folder / output_name).write_bytes(result.data)
-        return str(folder / output_name), report_for_visitor(result.report, input_name=name, output_name=output_name)
+        served = self.store.one_off(output_name, result.data)
+        return str(served), report_for_visitor(result.report, input_name=name, output_name=output_name)
 
     def page_closed(self, request: Any = None) -> None:
         self.store.drop(getattr(request, "session_hash", None))

@@ -5,7 +5,7 @@ Everything lives under one private folder (mode 0700) made for the app and remov
     ROOT/gradio/        Gradio's cache (GRADIO_TEMP_DIR): uploads land here; what a page shows is served from here
          face-anon/TOKEN/KIND/   one visitor's previews and result (or one API call's result)
     ROOT/private/TOKEN/ one visitor's upload between their clicks (never served)
-    ROOT/jobs/          running jobs' folders (each job deletes its own)
+    ROOT/jobs/          running jobs' folders, and API uploads while their job runs (each job deletes its own)
 
 - An upload is moved out of Gradio's cache as soon as the app receives it (the page keeps no copy).
 - A visitor's previous previews and result are deleted when they upload or run again, and all their
@@ -136,10 +136,13 @@ class FileStore:
                     del self._sessions[key]
             session.clear()
 
-    def one_off(self) -> Path:
-        """A fresh served folder for one API call's result (deleted by the sweeper after ``keep_seconds``)."""
-        path = self.cache_dir / "face-anon" / "api" / secrets.token_hex(16)
-        path.mkdir(parents=True)
+    def one_off(self, name: str, data: bytes) -> Path:
+        """Serve one API call's result: ``data`` written as ``name`` in a fresh folder of the cache
+        (deleted by the sweeper ``keep_seconds`` later)."""
+        folder = self.cache_dir / "face-anon" / "api" / secrets.token_hex(16)
+        folder.mkdir(parents=True)
+        path = folder / name
+        path.write_bytes(data)
         return path
 
     @property
@@ -173,7 +176,8 @@ class FileStore:
                             path.unlink()
                 if here != top:
                     with contextlib.suppress(OSError):
-                        here.rmdir()  # only if empty
+                        if here.stat().st_mtime < limit:
+                            here.rmdir()  # only if empty
 
     def start_sweeper(self, interval: float | None = None) -> None:
         """Sweep every ``interval`` seconds (default: a third of ``keep_seconds``, between 1 and 60 s)."""
