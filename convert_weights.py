@@ -840,20 +840,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"convert_weights: error: {error}", file=sys.stderr)
         return 1
+    written = dict(dtype=dtype, variant=args.variant, sample_size=args.sample_size, device=args.device, **hub_kwargs)
 
     if args.verify_only is not None:
         try:
             report = verify_repository(
                 args.verify_only,
                 sources,
-                dtype=dtype,
-                variant=args.variant,
-                sample_size=args.sample_size,
-                device=args.device,
                 steps=args.verify_steps,
                 size=args.verify_size,
                 atol=args.verify_atol,
-                **hub_kwargs,
+                **written,
             )
             status = 0
         except (ConversionError, OSError, ValueError) as error:
@@ -874,16 +871,12 @@ def main(argv: list[str] | None = None) -> int:
         result = convert(
             args.output_dir,
             sources,
-            dtype=dtype,
-            variant=args.variant,
-            sample_size=args.sample_size,
             overwrite=args.overwrite,
             repo_id=args.push_to_hub,
-            device=args.device,
             verify_steps=args.verify_steps,
             verify_size=args.verify_size,
             verify_atol=args.verify_atol,
-            **hub_kwargs,
+            **written,
         )
     except ConversionError as error:
         print(f"convert_weights: error: {error}", file=sys.stderr)

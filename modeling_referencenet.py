@@ -104,7 +104,12 @@ class UnpairedAttnProcessor(AttnProcessor2_0):
         reference_keys_values: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         recorded_states: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        if recorded_states is not None:
+            self.record(hidden_states, recorded_states)
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    def record(self, hidden_states: torch.Tensor, recorded_states: dict[str, torch.Tensor]) -> None:
+        """What a ReferenceNet forward (which passes `recorded_states`) keeps of this layer's input: nothing here."""
 
 
 class ReferenceStateRecorder(UnpairedAttnProcessor):
@@ -119,20 +124,8 @@ class ReferenceStateRecorder(UnpairedAttnProcessor):
         super().__init__()
         self.layer = layer
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        reference_states: dict[str, torch.Tensor] | None = None,
-        reference_keys_values: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-        recorded_states: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        if recorded_states is not None:
-            recorded_states[self.layer] = hidden_states
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+    def record(self, hidden_states: torch.Tensor, recorded_states: dict[str, torch.Tensor]) -> None:
+        recorded_states[self.layer] = hidden_states
 
 
 @dataclass
@@ -332,9 +325,9 @@ def install_reference_processors(unet: UNet2DConditionModel) -> dict[str, object
     """
     return replace_attn_processors(
         unet,
-        lambda name: None
-        if _is_reference_processor(name, unet.get_submodule(name).processor)
-        else _reference_processor(name),
+        lambda name: (
+            None if _is_reference_processor(name, unet.get_submodule(name).processor) else _reference_processor(name)
+        ),
     )
 
 

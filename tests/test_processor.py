@@ -1,5 +1,6 @@
 """The attention processors, the UNet <-> ReferenceNet layer pairing, and how the processors come and go."""
 
+import copy
 import logging
 
 import numpy as np
@@ -10,7 +11,6 @@ from helpers import load_input
 
 from modeling_referencenet import (
     ReferenceAttnProcessor,
-    ReferenceNetModel,
     UnpairedAttnProcessor,
     install_reference_processors,
     reference_layer_name,
@@ -133,20 +133,11 @@ def test_referencenet_states_are_the_self_attention_inputs(tiny_pipeline):
     assert all(state.shape[0] == 2 for state in states.values())
 
 
-def test_referencenet_is_differentiable():
+def test_referencenet_is_differentiable(tiny_pipeline):
     """Training backpropagates through the states (the contract `face_anon_training` relies on)."""
-    torch.manual_seed(0)
-    net = ReferenceNetModel(
-        sample_size=8,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        norm_num_groups=8,
-        attention_head_dim=2,
-        layers_per_block=1,
-    )
-    states = net(torch.randn(1, 4, 8, 8), 0, torch.randn(1, 1, 16)).states
+    net = copy.deepcopy(tiny_pipeline.referencenet)
+    generator = torch.Generator().manual_seed(0)
+    states = net(torch.randn(1, 4, 8, 8, generator=generator), 0, torch.randn(1, 1, 32, generator=generator)).states
     sum(state.square().mean() for state in states.values()).backward()
     block = net.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0")
     assert block.norm1.weight.grad is not None and block.norm1.weight.grad.abs().sum() > 0

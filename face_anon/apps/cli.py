@@ -461,12 +461,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             # 3. The report: every input gets a row; ones the run did not reach say why.
             rows = assemble_report(plan, reports, stopped=stopped, journal=run.journal)
             if report_path is not None:
-                write_atomic(report_path, report_json(rows).encode("utf-8"))
+                try:
+                    write_atomic(report_path, report_json(rows).encode("utf-8"))
+                except OSError as error:  # checked before the work, yet the disk can still fill up
+                    print(f"face-anon: cannot write the report {str(report_path)!r}: {error}", file=sys.stderr)
+                    report_path = None
             if not args.quiet or stopped or any(row.status is Status.ERROR for row in rows):
                 print(f"face-anon: {summarize(rows)}", file=sys.stderr)
     if interrupted is not None:
         print(f"face-anon: interrupted by {signal.Signals(interrupted).name}", file=sys.stderr)
         return 128 + int(interrupted)
+    if args.json is not None and report_path is None:
+        return 1  # the report was asked for and could not be written
     return exit_status(rows)
 
 

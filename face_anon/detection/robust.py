@@ -226,7 +226,7 @@ class RobustDetector:
         """Pass 3: large faces cut by the border and faces larger than the image, at half size with a
         mirrored margin of half the longer side (no smaller than 640 px on the long side)."""
         long, short = max(view.shape[:2]), min(view.shape[:2])
-        margin = min(long // 2, short)
+        margin = max(min(long // 2, short), min(long // 2, WIDE_MIN_SIDE // 2))
         padded = mirror_pad(view, margin)
         shrink = min(1.0, max(long, WIDE_MIN_SIDE) / (2 * long))
         if shrink >= 1.0:

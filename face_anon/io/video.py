@@ -232,7 +232,7 @@ class VideoReader:
         import av
 
         stream = self._stream
-        index, end = 0, None
+        index, packets, end = 0, 0, None
         demuxed = self._container.demux(stream, *self.passthrough)
         while True:
             try:
@@ -245,6 +245,7 @@ class VideoReader:
                 if packet.size:  # the demuxer ends each stream with an empty packet
                     yield PassthroughPacket(packet, packet.stream.index)
                 continue
+            packets += 1 if packet.size else 0
             try:
                 frames = packet.decode()
             except av.FFmpegError as error:
@@ -256,19 +257,23 @@ class VideoReader:
                 end = decoded.time + float(decoded.duration * decoded.time_base)
                 yield decoded
                 index += 1
-        self._check_complete(index, end)
+        self._check_complete(packets, end)
 
-    def _check_complete(self, decoded: int, end: float | None) -> None:
-        """Fail on a file that stops before the frame count or the duration its container announces."""
+    def _check_complete(self, packets: int, end: float | None) -> None:
+        """Fail on a file that stops before the frame count or the duration its container announces.
+
+        Frames are counted as the demuxer reads them (packets): an edit list may hide some of them from
+        the decoder on purpose (trimmed phone videos), which is not damage.
+        """
         announced = self._frames_announced
-        if decoded == 0 or end is None:
+        if end is None:
             raise VideoLoadError("the video stream has no decodable frame")
-        if announced is not None and decoded < announced:
-            raise VideoLoadError(f"the file is truncated: decoded {decoded} of the {announced} frames it announces")
+        if announced is not None and packets < announced:
+            raise VideoLoadError(f"the file is truncated: it holds {packets} of the {announced} frames it announces")
         if announced is None and self._duration is not None:
             start = self._start if self._start is not None else 0.0
             rate = self._stream.average_rate
-            frame_time = float(1 / rate) if rate else self._duration / decoded
+            frame_time = float(1 / rate) if rate else self._duration / max(packets, 1)
             if end - start < self._duration - 2 * frame_time - 1e-3:
                 raise VideoLoadError(
                     f"the file is truncated: its video ends at {end - start:.3f} s of the "

@@ -113,8 +113,10 @@ class DiffusionAnonymizer:
         seeds: Sequence[int],
         sources: Sequence[np.ndarray | None] | None = None,
     ) -> list[np.ndarray | None]:
-        if len(seeds) != len(crops) or (sources is not None and len(sources) != len(crops)):
-            raise InputError("seeds", len(seeds), f"one seed (and one source, if any) per crop: {len(crops)}")
+        if len(seeds) != len(crops):
+            raise InputError("seeds", f"{len(seeds)} seeds", f"one per crop ({len(crops)})")
+        if sources is not None and len(sources) != len(crops):
+            raise InputError("sources", f"{len(sources)} sources", f"one per crop ({len(crops)}) or None")
         sources = [None] * len(crops) if sources is None else list(sources)
         swaps = [i for i, source in enumerate(sources) if source is not None]
         plain = [i for i, source in enumerate(sources) if source is None]

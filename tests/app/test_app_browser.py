@@ -85,12 +85,12 @@ def test_the_video_tab_blurs_a_clip_as_the_command_line_does(page, tmp_path):
         page.click("#video-download")
     downloaded = tmp_path / download.value.suggested_filename
     download.value.save_as(downloaded)
-    by_cli = tmp_path / "cli.mp4"
-    run_cli(str(clip), "-o", str(by_cli), "--mode", "blur")
     assert downloaded.name == "clip_anonymized.mp4"
-    assert downloaded.read_bytes() == by_cli.read_bytes()
+    # Not compared with face-anon's bytes: two runs of `face-anon clip.mp4 --mode blur` differ (the encoder).
     result, _, _ = decode_frames(downloaded)
-    assert len(result) == len(frames) and any(not np.array_equal(a, b) for a, b in zip(result, frames))
+    assert len(result) == len(frames)
+    first = np.abs(result[0].astype(int) - frames[0].astype(int))
+    assert first[100:140, 70:110].mean() > 4 * first[:35, :35].mean() + 2  # the face changed, the corner did not
 
 
 def test_closing_the_page_deletes_the_visitors_files(browser, app_server, tmp_path):

@@ -97,6 +97,20 @@ def test_an_earlier_report_may_be_replaced(photos, tmp_path):
     assert [entry["status"] for entry in json.loads(report.read_text())] == ["skipped", "skipped"]
 
 
+def test_a_report_that_cannot_be_written_at_the_end_is_an_error_not_a_traceback(photos, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import face_anon.apps.cli as cli
+
+    def disk_full(path, data, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_atomic", disk_full)
+    code = main([str(photos), "-o", str(tmp_path / "out"), "--mode", "blur", "-q", "--json", str(tmp_path / "r.json")])
+    assert code == 1 and "cannot write the report" in capsys.readouterr().err
+    assert (tmp_path / "out" / "IMG_001.png").exists()  # the outputs themselves were written
+
+
 # ------------------------------------------------------------------------------------------------ output
 
 

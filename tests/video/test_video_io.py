@@ -217,3 +217,14 @@ def test_nothing_is_written_unless_committed_and_nothing_overwritten(composite, 
         _copy(composite.path, tmp_path / "x.mp4", crf=60)
     with pytest.raises(ValueError, match="extension"):
         _copy(composite.path, tmp_path / "x.gif")
+
+
+def test_frames_an_edit_list_hides_are_not_taken_for_truncation(tmp_path):
+    # A trimmed phone video: the first frames are stored but the edit list hides them (pts < 0).
+    frames = [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(10)]
+    clip = write_clip(tmp_path / "trimmed.mp4", frames, pts=range(-3, 7), options={"bf": "0"})
+    output = tmp_path / "out.mp4"
+    _copy(clip.path, output)
+    shown, times, _ = decode_frames(output)
+    assert len(shown) == 7 and times == decode_frames(clip.path)[1]
+    assert abs(float(shown[0].mean()) - 60) < 3  # the first frame shown is the input's fourth

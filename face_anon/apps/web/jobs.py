@@ -73,7 +73,7 @@ class Limits:
 
 
 def _megabytes(size: int) -> str:
-    return f"{size / MEGABYTE:.1f} MB"
+    return f"{size / MEGABYTE:.1f} MB" if size >= MEGABYTE else f"{max(1, round(size / 1024))} KB"
 
 
 def _check_upload_size(path: Path, name: str, limits: Limits) -> None:
@@ -261,7 +261,8 @@ class SpeedMeter:
     so the estimate follows the machine's real load.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self.fixed: float | None = None
         self.per_step: float | None = None
@@ -273,9 +274,9 @@ class SpeedMeter:
         timings = {}
         try:
             for steps in (1, 1, 3):  # the first call warms up (allocations, lazy initialisation)
-                start = time.perf_counter()
+                start = self._clock()
                 DiffusionAnonymizer(pipeline, num_inference_steps=steps)([crop], [0])
-                timings[steps] = time.perf_counter() - start
+                timings[steps] = self._clock() - start
         except Exception:  # noqa: BLE001 - no estimate is better than a wrong one; jobs still run
             logger.exception("measuring the diffusion speed failed")
             return

@@ -164,6 +164,7 @@ class FileStore:
             in_use = {s.served for s in self._sessions.values()} | {s.private for s in self._sessions.values()}
         limit = time.time() - self.keep_seconds
         for top in (self.cache_dir, self.private_dir):
+            emptied: set[Path] = set()  # folders this sweep took something out of
             for folder, _, files in os.walk(top, topdown=False):
                 here = Path(folder)
                 if any(here == used or used in here.parents for used in in_use):
@@ -171,13 +172,14 @@ class FileStore:
                 for name in files:
                     path = here / name
                     with contextlib.suppress(FileNotFoundError):
-                        stat = path.lstat()
-                        if max(stat.st_mtime, stat.st_ctime) < limit:
+                        if path.lstat().st_mtime < limit:
                             path.unlink()
+                            emptied.add(here)
                 if here != top:
                     with contextlib.suppress(OSError):
-                        if here.stat().st_mtime < limit:
-                            here.rmdir()  # only if empty
+                        if here in emptied or here.stat().st_mtime < limit:
+                            here.rmdir()  # only if empty; a folder made just now is left for its file
+                            emptied.add(here.parent)
 
     def start_sweeper(self, interval: float | None = None) -> None:
         """Sweep every ``interval`` seconds (default: a third of ``keep_seconds``, between 1 and 60 s)."""
