@@ -203,6 +203,13 @@ class FaceAnonPipeline(DiffusionPipeline):
         )
         self._calls = threading.local()  # each thread's current call (`_CallState`), for the properties below
 
+    def __getstate__(self) -> dict[str, Any]:  # pickle and deepcopy: a copy starts with no call
+        return {key: value for key, value in self.__dict__.items() if key != "_calls"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._calls = threading.local()
+
     # ------------------------------------------------------------------------------------------- properties
 
     @property

@@ -245,24 +245,20 @@ class TrainingProgress:
 
 
 def load_training_rows(args: argparse.Namespace) -> tuple[list[data.Triplet] | data.DatasetTriplets, str]:
-    """The training rows and a description of where they came from (for the model card)."""
+    """The training rows (checked) and where they came from, for the model card."""
     columns = (args.source_image_column, args.conditioning_image_column, args.ground_truth_column)
     if args.train_data_dir is not None:
-        rows = data.read_metadata(args.train_data_dir, columns)
-        where = f"`{data.METADATA_FILE}` of a local folder"
-    else:
-        import datasets
+        rows = data.read_metadata(args.train_data_dir, columns)[: args.max_train_samples]
+        return rows, f"`{data.METADATA_FILE}` of a local folder"
+    import datasets
 
-        dataset = datasets.load_dataset(
-            args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir, split="train"
-        )
-        rows = data.DatasetTriplets(dataset, columns, name=f"--dataset_name {args.dataset_name!r}")
-        where = f"dataset `{args.dataset_name}`" if not os.path.exists(args.dataset_name) else "a local dataset"
+    dataset = datasets.load_dataset(
+        args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir, split="train"
+    )
     if args.max_train_samples is not None:
-        rows = [rows[i] for i in range(min(args.max_train_samples, len(rows)))]
-    if columns != data.COLUMNS:  # the dataset's own column names -> the names the transforms use
-        rows = [data.Triplet(row.row, dict(zip(data.COLUMNS, row.images.values()))) for row in rows]
-    return rows, where
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    rows = data.DatasetTriplets(dataset, columns, name=f"--dataset_name {args.dataset_name!r}")
+    return rows, "a local dataset" if os.path.exists(args.dataset_name) else f"dataset `{args.dataset_name}`"
 
 
 def check_resolution(resolution: int, components: recipe.TrainingComponents) -> None:
@@ -273,17 +269,22 @@ def check_resolution(resolution: int, components: recipe.TrainingComponents) -> 
         raise ValueError(f"--resolution must be a multiple of {multiple} for this model, got {resolution}.")
 
 
+def checkpoint_folders(output_dir: str) -> dict[int, str]:
+    """The complete `checkpoint-<step>` folders in `output_dir` by step (a checkpoint being written is elsewhere)."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    return {
+        int(name.removeprefix(CHECKPOINT_PREFIX)): os.path.join(output_dir, name)
+        for name in names
+        if name.startswith(CHECKPOINT_PREFIX) and name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+    }
+
+
 def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> str | None:
     """The checkpoint folder to resume from: `latest` is the highest `checkpoint-<step>` in `output_dir` (`None`
     when there is none yet); a name or path must exist."""
     if resume_from_checkpoint == "latest":
-        names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
-        steps = [
-            int(name.removeprefix(CHECKPOINT_PREFIX))
-            for name in names
-            if name.startswith(CHECKPOINT_PREFIX) and name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-        ]
-        return os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{max(steps)}") if steps else None
+        folders = checkpoint_folders(output_dir)
+        return folders[max(folders)] if folders else None
     for candidate in (resume_from_checkpoint, os.path.join(output_dir, resume_from_checkpoint)):
         if os.path.isdir(candidate):
             return candidate
@@ -292,13 +293,10 @@ def find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> str | None:
 
 def prune_checkpoints(output_dir: str, keep: int) -> None:
     """Removes the oldest `checkpoint-<step>` folders so that `keep - 1` remain (one is about to be written)."""
-    names = sorted(
-        (name for name in os.listdir(output_dir) if name.startswith(CHECKPOINT_PREFIX)),
-        key=lambda name: int(name.removeprefix(CHECKPOINT_PREFIX)),
-    )
-    for name in names[: max(0, len(names) - keep + 1)]:
-        logger.info(f"Removing checkpoint {name} (--checkpoints_total_limit {keep})")
-        shutil.rmtree(os.path.join(output_dir, name))
+    folders = checkpoint_folders(output_dir)
+    for step in sorted(folders)[: max(0, len(folders) - keep + 1)]:
+        logger.info(f"Removing {folders[step]} (--checkpoints_total_limit {keep})")
+        shutil.rmtree(folders[step])
 
 
 def register_checkpoint_hooks(accelerator: Accelerator, bare_models: dict[str, torch.nn.Module]) -> None:
@@ -585,12 +583,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, step: int) -> None:
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-    accelerator.wait_for_everyone()
+    """`checkpoint-<step>`, written under another name and renamed when complete, so that an interrupted save
+    never becomes the checkpoint `--resume_from_checkpoint latest` picks."""
     path = os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{step}")
-    accelerator.save_state(path)
-    logger.info(f"Saved {path}")
+    partial = f"{path}.partial"
+    if accelerator.is_main_process:
+        if args.checkpoints_total_limit is not None:
+            prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(path, ignore_errors=True)  # the same step saved by an earlier run
+        os.replace(partial, path)
+        logger.info(f"Saved {path}")
+    accelerator.wait_for_everyone()
 
 
 def validate(accelerator, args, components, models, pairs, step) -> None:
@@ -632,6 +640,7 @@ def save_repository(accelerator, args, components, trainable, data_source, num_r
             revision=args.revision,
             variant=args.variant,
             cache_dir=args.cache_dir,
+            networks=False,
         )
     pipeline = repository.build_pipeline(frozen, trained)
     repository.save_trained_repository(args.output_dir, pipeline, args.resolution)

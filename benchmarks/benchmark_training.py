@@ -5,7 +5,8 @@ Builds a base model with random weights at a preset's sizes (`benchmark_speed.PR
 Stable Diffusion 2.1's UNet, VAE and CLIP ViT-L/14's vision tower; no download) and a few random triplets, then
 runs the training script twice in fresh processes, for `--warmup_steps` and for `--warmup_steps + --steps` optimizer
 steps. Steps per second = `--steps` / the difference of the two runs' times inside `main()`, so start-up, model
-loading and the final save cancel out. Peak memory: the device's (`torch.cuda.max_memory_allocated`) on CUDA, the
+loading and the final save cancel out; the CPU time per step is reported too, which a busy machine changes less.
+Peak memory: the device's (`torch.cuda.max_memory_allocated`) on CUDA, the
 process's resident set (`ru_maxrss`, Python and libraries included) on the CPU.
 
     python benchmarks/benchmark_training.py                  # 2 CPU cores: tiny nets, 32 px, float32
@@ -34,13 +35,14 @@ import json, resource, sys, time
 import torch
 sys.path.insert(0, sys.argv[1])
 import train_face_anon
-start = time.perf_counter()
+start, cpu_start = time.perf_counter(), time.process_time()
 train_face_anon.main(sys.argv[2:])
 if torch.cuda.is_available():
     torch.cuda.synchronize()
-seconds = time.perf_counter() - start
+seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT " + json.dumps({"seconds": seconds, "peak_bytes": peak, "cuda": torch.cuda.is_available()}))
+result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": peak, "cuda": torch.cuda.is_available()}
+print("RESULT " + json.dumps(result))
 """
 
 DEFAULTS = {
@@ -125,10 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
         "mixed_precision": args.mixed_precision,
         "flags": extra,
         "device": "cuda" if long["cuda"] else "cpu",
-        "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "steps": args.steps,
         "steps_per_second": args.steps / seconds,
         "seconds_per_step": seconds / args.steps,
+        # CPU time of the process (all its threads): on a shared machine, what a step costs whatever the load
+        "cpu_seconds_per_step": (long["cpu_seconds"] - short["cpu_seconds"]) / args.steps,
+        "load_average": os.getloadavg()[0],
         "peak_memory_gib": long["peak_bytes"] / 2**30,
         "peak_memory_kind": "device (max_memory_allocated)" if long["cuda"] else "process resident set (ru_maxrss)",
         "measured_at": time.strftime("%Y-%m-%d %H:%M"),

@@ -64,7 +64,8 @@ def _raise_problems(what: str, problems: list[str]) -> None:
 
 def read_metadata(train_data_dir: str | os.PathLike, columns: Sequence[str] = COLUMNS) -> list[Triplet]:
     """The rows of `train_data_dir/metadata.jsonl`, each a JSON object naming its images by paths relative to
-    `train_data_dir` (absolute paths are taken as they are). Blank lines are skipped.
+    `train_data_dir` (absolute paths are taken as they are). Blank lines are skipped. `columns` are the keys of the
+    source, driving and ground-truth images in the file, in that order; the triplets key them by `COLUMNS`.
 
     Every row is checked before training starts: valid JSON, every column present as a non-empty string, every
     file present. All problems are reported at once, each naming its line.
@@ -102,7 +103,7 @@ def read_metadata(train_data_dir: str | os.PathLike, columns: Sequence[str] = CO
                 )
                 continue
             images = {}
-            for column in columns:
+            for key, column in zip(COLUMNS, columns):
                 value = record[column]
                 if not isinstance(value, str) or not value.strip():
                     problems.append(f"{row}: column {column} must be a non-empty image path, got {value!r}")
@@ -111,7 +112,7 @@ def read_metadata(train_data_dir: str | os.PathLike, columns: Sequence[str] = CO
                 if not os.path.isfile(path):
                     problems.append(f"{row}: column {column}: image {value!r} not found (looked for {path})")
                     continue
-                images[column] = path
+                images[key] = path
             if len(images) == len(columns):
                 triplets.append(Triplet(row, images))
     _raise_problems(metadata, problems)
@@ -122,7 +123,8 @@ def read_metadata(train_data_dir: str | os.PathLike, columns: Sequence[str] = CO
 
 class DatasetTriplets(Sequence):
     """The rows of a `datasets.Dataset` with the three image columns, read lazily (images decode when a row is
-    taken). The columns and empty cells are checked up front, without decoding any image.
+    taken). The columns and empty cells are checked up front, without decoding any image. `columns` name the
+    source, driving and ground-truth columns, in that order; the triplets key them by `COLUMNS`.
 
     Raises:
         TrainingDataError: a column is missing, a cell is empty, or the dataset has no row.
@@ -153,7 +155,7 @@ class DatasetTriplets(Sequence):
 
     def __getitem__(self, index: int) -> Triplet:
         record = self.dataset[int(index)]
-        return Triplet(f"{self.name} row {index}", {column: record[column] for column in self.columns})
+        return Triplet(f"{self.name} row {index}", {key: record[column] for key, column in zip(COLUMNS, self.columns)})
 
 
 def open_image(value: Any, row: str, column: str) -> PIL.Image.Image:

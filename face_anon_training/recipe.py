@@ -42,7 +42,7 @@ class TrainingComponents:
     """What training starts from. `base` is `"stable-diffusion"` (all three networks copied from `unet/`) or
     `"face-anon"` (a face-anon repository's own `unet/`, `referencenet/` and `conditioning_referencenet/`)."""
 
-    unet: UNet2DConditionModel
+    unet: UNet2DConditionModel | None  # None for `load_components(networks=False)`
     referencenet: Any  # ReferenceNetModel
     conditioning_referencenet: Any  # ReferenceNetModel
     vae: AutoencoderKL
@@ -66,6 +66,7 @@ def load_components(
     *,
     revision: str | None = None,
     variant: str | None = None,
+    networks: bool = True,
     **hub_kwargs: Any,
 ) -> TrainingComponents:
     """Loads the starting point of training, in float32.
@@ -76,6 +77,7 @@ def load_components(
         clip_model_name_or_path: the CLIP checkpoint (vision tower and image processor). `None`: a face-anon
             repository's own `image_encoder/` and `feature_extractor/`, else `openai/clip-vit-large-patch14`.
         revision, variant: of `pretrained_model_name_or_path`'s weights.
+        networks: `False` loads only the frozen parts (VAE, CLIP, scheduler); the three networks are then `None`.
         hub_kwargs: passed to every `from_pretrained` (`cache_dir`, `token`, ...).
 
     Raises:
@@ -95,19 +97,21 @@ def load_components(
             ) from error
 
     weights = dict(source, variant=variant, use_safetensors=True)
-    unet = load(
-        "`unet/`",
-        lambda: UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **weights),
-    )
-    references = {
-        name: load(
-            f"`{name if base == 'face-anon' else 'unet'}/` as {name}",
-            lambda name=name: ReferenceNetModel.from_pretrained(
-                pretrained_model_name_or_path, subfolder=name if base == "face-anon" else "unet", **weights
-            ),
+    unet, references = None, dict.fromkeys(REFERENCENETS)
+    if networks:
+        unet = load(
+            "`unet/`",
+            lambda: UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **weights),
         )
-        for name in REFERENCENETS
-    }
+        references = {
+            name: load(
+                f"`{name if base == 'face-anon' else 'unet'}/` as {name}",
+                lambda name=name: ReferenceNetModel.from_pretrained(
+                    pretrained_model_name_or_path, subfolder=name if base == "face-anon" else "unet", **weights
+                ),
+            )
+            for name in REFERENCENETS
+        }
     vae = load(
         "`vae/`", lambda: AutoencoderKL.from_pretrained(pretrained_model_name_or_path, subfolder="vae", **weights)
     )

@@ -23,7 +23,14 @@ from ..io.images import DEFAULT_MAX_PIXELS, load_image
 from ..io.video import DEFAULT_CRF, is_video_path
 from ..orchestration.batch import FileRun, engine_settings, process_files
 from ..orchestration.options import LIMITS, ON_ERROR_CHOICES, AnonymizeOptions, check_option
-from ..orchestration.ray_runner import RayConfig, faces_replaced, plan_inputs, process_files_ray, require_ray
+from ..orchestration.ray_runner import (
+    RayConfig,
+    check_sendable,
+    faces_replaced,
+    plan_inputs,
+    process_files_ray,
+    require_ray,
+)
 from ..orchestration.report import Status, assemble_report, exit_status, report_json, summarize
 from ..orchestration.video import VideoOptions, VideoProgress, identity_crop
 from ..replacers.base import MODES
@@ -383,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             band=args.uncertainty_band,
             max_pixels=args.max_pixels,
         )
+        if ray_config is not None:
+            check_sendable(selector, "--keep/--only/--keep-faces")  # the hook runs on the Ray workers
         identity = None
         if args.identity is not None:
             if args.mode != "anonymize":

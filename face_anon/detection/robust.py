@@ -207,9 +207,9 @@ class RobustDetector:
         out = []
         strips = {
             "left": (padded[:, : margin + depth], (margin, margin)),
-            "right": (padded[:, width + margin - depth :], (margin - (width - depth), margin)),
+            "right": (padded[:, width + margin - depth :], (depth - width, margin)),
             "top": (padded[: margin + depth], (margin, margin)),
-            "bottom": (padded[height + margin - depth :], (margin, margin - (height - depth))),
+            "bottom": (padded[height + margin - depth :], (margin, depth - height)),
         }
         limit = margin / scale
         full_width, full_height = width / scale, height / scale

@@ -109,6 +109,21 @@ def require_ray() -> None:
         ) from None
 
 
+def check_sendable(value: Any, argument: str) -> None:
+    """Raise :class:`InputError` naming ``argument`` when ``value`` cannot be sent to Ray workers (pickled)."""
+    if value is None:
+        return
+    import ray.cloudpickle
+
+    try:
+        ray.cloudpickle.dumps(value)
+    except Exception as error:  # noqa: BLE001 - whatever the pickler refuses
+        raise InputError(
+            argument,
+            detail=f"cannot be sent to Ray workers ({type(error).__name__}: {error}); run it with --engine local",
+        ) from None
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 
@@ -988,11 +1003,9 @@ def process_files_ray(
         return
     crop_size = resolve_crop_size(run.options, model)
     shipped = dataclasses.replace(run, journal=None, video_progress=None)
-    try:
-        pickle.dumps(shipped.selector)
-        pickle.dumps(shipped.track_selector)
-    except Exception as error:  # noqa: BLE001
-        raise InputError("selector", detail=f"cannot be sent to Ray workers: {type(error).__name__}: {error}") from None
+    check_sendable(shipped.selector, "selector")
+    check_sendable(shipped.track_selector, "track_selector")
+    check_sendable(load_pipeline, "load_pipeline")
     since = time.time()
     reported: set[int] = set()
     with _ray_session(config.address) as ray, _data_context(config.object_store_memory):
@@ -1159,6 +1172,7 @@ __all__ = [
     "ReplaceStage",
     "WriteStage",
     "anonymize_with_ray",
+    "check_sendable",
     "faces_replaced",
     "is_uri",
     "plan_inputs",

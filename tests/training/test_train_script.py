@@ -242,3 +242,30 @@ def test_bad_data_stops_before_training(base_model, tmp_path):
     with pytest.raises(TrainingDataError, match=r"metadata.jsonl line 1: missing column\(s\) conditioning_image"):
         train_face_anon.main(train_arguments(*base_model, data_dir, tmp_path / "out"))
     assert not (tmp_path / "out" / "unet").exists()
+
+
+def test_mixed_precision_keeps_float32_weights_and_saves_the_original_vae_and_clip(
+    base_model, train_data_dir, tmp_path
+):
+    """bfloat16 autocast (the CPU's mixed precision; fp16 takes the same path on a GPU): VAE and CLIP run in it, the
+    trained weights stay float32, and the repository gets the base's float32 VAE and CLIP, not the cast copies."""
+    sd, clip = base_model
+    out = tmp_path / "bf16"
+    argv = train_arguments(sd, clip, train_data_dir, out, max_train_steps=1, mixed_precision="bf16")
+    completed = subprocess.run(  # a process of its own: accelerate fixes the precision once per process
+        [sys.executable, str(ROOT / "train_face_anon.py"), *argv],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    trained = state_dicts(out)
+    assert {value.dtype for weights in trained.values() for value in weights.values()} == {torch.float32}
+    assert max_difference(state_dicts(out)["unet"], load_file(sd / "unet" / "diffusion_pytorch_model.safetensors")) > 0
+    vae = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert max_difference(vae, load_file(sd / "vae" / "diffusion_pytorch_model.safetensors")) == 0
+    assert (
+        max_difference(load_file(out / "image_encoder" / "model.safetensors"), load_file(clip / "model.safetensors"))
+        == 0
+    )
