@@ -229,6 +229,16 @@ class FaceAnonPipeline(DiffusionPipeline):
         return self._call_state.guidance_scale
 
     @property
+    def _guidance_scale(self) -> float:
+        return self._call_state.guidance_scale
+
+    @_guidance_scale.setter
+    def _guidance_scale(self, value: float) -> None:
+        """diffusers' way for a callback to change the guidance of the following steps (`pipe._guidance_scale = g`);
+        whether the UNet batch is doubled stays as the call began."""
+        self._call_state.guidance_scale = value
+
+    @property
     def anonymization_degree(self) -> float:
         return self._call_state.anonymization_degree
 
@@ -665,7 +675,7 @@ class FaceAnonPipeline(DiffusionPipeline):
                     )[0]
                     if do_classifier_free_guidance:
                         noise_pred_null, noise_pred_source = noise_pred.chunk(2)
-                        noise_pred = noise_pred_null + guidance_scale * (noise_pred_source - noise_pred_null)
+                        noise_pred = noise_pred_null + self.guidance_scale * (noise_pred_source - noise_pred_null)
                     latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                     if callback_on_step_end is not None:

@@ -307,6 +307,38 @@ def test_progress_bar_counts_the_steps(fresh_pipeline, capsys, scheduler_class):
     assert "3/3" in err and "4/3" not in err and "5/3" not in err
 
 
+def test_callback_changes_the_guidance_of_the_following_steps(fresh_pipeline):
+    """diffusers' callback convention (`pipe._guidance_scale`): here guidance 4 for the first step, then 1 (no
+    guidance effect), equals a call whose UNet output is combined by hand with those scales."""
+
+    def drop_guidance(pipe, step, timestep, callback_kwargs):
+        pipe._guidance_scale = 1.0
+        return {}
+
+    outputs = []
+    hook = fresh_pipeline.unet.register_forward_hook(lambda module, args, output: outputs.append(output[0].clone()))
+    start = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(6))
+    try:
+        latents = run(
+            fresh_pipeline,
+            latents=start,
+            num_inference_steps=2,
+            output_type="latent",
+            callback_on_step_end=drop_guidance,
+        )
+    finally:
+        hook.remove()
+    assert fresh_pipeline.guidance_scale == 1.0
+    scheduler = DDIMScheduler.from_config(fresh_pipeline.scheduler.config)
+    scheduler.set_timesteps(2)
+    expected = start
+    for output, t, scale in zip(outputs, scheduler.timesteps, (4.0, 1.0)):
+        null, source = output.chunk(2)
+        expected = scheduler.step(null + scale * (source - null), t, expected).prev_sample
+    torch.testing.assert_close(latents, expected, rtol=0, atol=1e-6)
+    assert len(outputs) == 2 and outputs[1].shape[0] == 2  # the batch stays doubled
+
+
 def test_interrupt_from_a_callback_stops_the_loop(tiny_pipeline):
     """diffusers' way (`pipe._interrupt = True` in the callback): the remaining steps are skipped."""
     seen = []

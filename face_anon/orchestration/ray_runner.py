@@ -89,8 +89,10 @@ DEFAULT_OBJECT_STORE_MEMORY = 2 << 30
 # first (so exactly one, once) raises or ends its process at the start of that batch.
 FAULT_ENV = "FACE_ANON_RAY_FAULT"
 _FAULT_EXIT_STATUS = 70
-# Rows per block of the listing: small blocks stream photo by photo and spread over the open actors.
+# Rows per block of the listing: small blocks stream photo by photo and spread over the open actors;
+# at most _MAX_BLOCKS blocks (millions of files: larger blocks, fewer tasks for the driver to track).
 _ROWS_PER_BLOCK = 4
+_MAX_BLOCKS = 4096
 
 
 class RayWorkerError(ModelLoadError):
@@ -177,12 +179,21 @@ def _list_uri(uri: str) -> tuple[list[tuple[str, str]], list[SkippedFile]]:
     found, skipped = [], []
     base = PurePosixPath(root)
     for entry in entries:
+        relative = PurePosixPath(entry.path).relative_to(base)
+        if any(part.startswith(".") for part in relative.parent.parts):
+            continue  # inside a hidden folder, which has its own row
+        suffix, hidden = relative.suffix.lower(), relative.name.startswith(".")
+        if entry.type == pyarrow.fs.FileType.Directory:
+            if hidden:
+                skipped.append(
+                    SkippedFile(path=_join_uri(uri, relative.as_posix()), reason="hidden folder (not searched)")
+                )
+            continue
         if entry.type != pyarrow.fs.FileType.File:
             continue
-        relative = PurePosixPath(entry.path).relative_to(base).as_posix()
-        suffix = PurePosixPath(relative).suffix.lower()
-        if any(part.startswith(".") for part in PurePosixPath(relative).parts):
-            reason = "hidden file or folder"
+        relative = relative.as_posix()
+        if hidden:
+            reason = "hidden file"
         elif suffix not in IMAGE_EXTENSIONS and suffix not in VIDEO_EXTENSIONS:
             reason = f"extension {suffix or '(none)'!r} is not one face-anon reads and writes"
         else:
@@ -423,7 +434,6 @@ class _Photo:
     ``records`` are the model's results, by (seed, crop digest). ``data``: the input's bytes, for a URI.
     """
 
-    number: int
     source: str
     job: FileJob
     input_sha256: str
@@ -621,7 +631,6 @@ class OpenStage:
         )
         layers = crop_layers(plans)
         photo = _Photo(
-            number=number,
             source=source,
             job=job,
             input_sha256=opened.input_sha256,
@@ -656,8 +665,8 @@ class ReplaceStage:
             torch.set_num_threads(spec.torch_threads)
 
     def __call__(self, batch):
-        self._inject_fault()
         try:
+            self._inject_fault()
             return _table(self._replace(_rows(batch)))
         except ModelLoadError:
             raise  # the run stops, as with a model that cannot be loaded in a single process
@@ -884,7 +893,9 @@ def _build_dataset(ray, plan: RayPlan, spec: _Spec, workers: _Workers, config: R
         {"number": number, "source": source, "output": str(job.output)}
         for number, (job, source) in enumerate(zip(plan.jobs, plan.sources))
     ]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / _ROWS_PER_BLOCK)))
+    dataset = ray.data.from_items(
+        items, override_num_blocks=min(_MAX_BLOCKS, max(1, math.ceil(len(items) / _ROWS_PER_BLOCK)))
+    )
     retries = {"max_restarts": config.max_worker_restarts, "max_task_retries": config.max_worker_restarts}
 
     def stage(dataset, udf, size: int, *, batch_size: int, args: tuple = (), gpus: float = 0.0):
@@ -931,9 +942,17 @@ def _model_error(error: BaseException) -> ModelLoadError | None:
     return None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "cause", None) or error).strip().splitlines()
-    return text[-1] if text else type(error).__name__
+def _describe_failure(error: BaseException) -> str:
+    """The innermost exception behind a Ray failure, as ``Type: first line``."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _unreported(plan: RayPlan, reported: set[int], why: str, *, since: float, run: FileRun) -> Iterator[FileReport]:
@@ -1001,43 +1020,43 @@ def process_files_ray(
         )
     if not plan.jobs:
         return
-    crop_size = resolve_crop_size(run.options, model)
     shipped = dataclasses.replace(run, journal=None, video_progress=None)
     check_sendable(shipped.selector, "selector")
     check_sendable(shipped.track_selector, "track_selector")
     check_sendable(load_pipeline, "load_pipeline")
     since = time.time()
     reported: set[int] = set()
-    with _ray_session(config.address) as ray, _data_context(config.object_store_memory):
-        workers = plan_workers(config, ray.cluster_resources())
-        spec = _Spec(
-            run=shipped,
-            journal=plan.journal,
-            detector=detector,
-            threshold=float(threshold),
-            crop_size=crop_size,
-            load_pipeline=load_pipeline,
-            gpus_per_model=workers.gpus_per_model,
-            torch_threads=workers.torch_threads,
-        )
-        dataset = _build_dataset(ray, plan, spec, workers, config)
-        try:
+    try:
+        crop_size = resolve_crop_size(run.options, model)
+        with _ray_session(config.address) as ray, _data_context(config.object_store_memory):
+            workers = plan_workers(config, ray.cluster_resources())
+            spec = _Spec(
+                run=shipped,
+                journal=plan.journal,
+                detector=detector,
+                threshold=float(threshold),
+                crop_size=crop_size,
+                load_pipeline=load_pipeline,
+                gpus_per_model=workers.gpus_per_model,
+                torch_threads=workers.torch_threads,
+            )
+            dataset = _build_dataset(ray, plan, spec, workers, config)
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for number, _, report in _rows(batch):
                     if number in reported:  # a retried block whose first attempt was delivered
                         continue
                     reported.add(number)
                     yield report
-        except KeyboardInterrupt:
-            yield from _unreported(plan, reported, "interrupted", since=since, run=run)
-            raise
-        except Exception as error:  # noqa: BLE001 - Ray wraps what failed in its own exceptions
-            cause = _model_error(error)
-            why = str(cause) if cause is not None else f"the Ray job failed: {_first_line(error)}"
-            yield from _unreported(plan, reported, why, since=since, run=run)
-            if cause is not None:
-                raise ModelLoadError(why) from error
-            raise RayWorkerError(why) from error
+    except KeyboardInterrupt:
+        yield from _unreported(plan, reported, "interrupted", since=since, run=run)
+        raise
+    except Exception as error:  # noqa: BLE001 - Ray wraps what failed in its own exceptions
+        cause = _model_error(error)
+        why = str(cause) if cause is not None else f"the Ray job failed: {_describe_failure(error)}"
+        yield from _unreported(plan, reported, why, since=since, run=run)
+        if cause is not None:
+            raise ModelLoadError(why) from error
+        raise RayWorkerError(why) from error
 
 
 def _default_loader(model: str | None, device: str, dtype: str) -> Any:

@@ -586,6 +586,8 @@ def anonymize_video(
                     writer=writer,
                     progress=progress,
                 )
+                if progress is not None:  # the clock starts now, not when the look-ahead releases a frame
+                    progress(VideoProgress(input=source, frame=0, frames=reader.info.frames, faces=0))
                 for item in reader:
                     if isinstance(item, PassthroughPacket):
                         writer.copy(item)

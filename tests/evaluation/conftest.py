@@ -7,19 +7,15 @@ import PIL.Image
 import pytest
 from identity import identity_helpers as people
 
-
-PHOTOS = {
-    "astronaut.png": people.astronaut,
-    "cameraman.png": people.cameraman,
-    "people/hopper.png": people.hopper,  # pairs by relative path below the folders
-}
+from .evaluation_helpers import DETECTOR_THRESHOLD, PHOTOS, anonymize_folder
 
 
 @pytest.fixture(scope="session")
 def detector():
-    from face_anon.detection import CenterFaceDetector
+    """The detector ``face-anon-evaluate --threshold 0.5`` uses (the anonymized sets are made with it too)."""
+    from face_anon.detection import load_detector
 
-    return CenterFaceDetector()
+    return load_detector(threshold=DETECTOR_THRESHOLD)
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +30,6 @@ def originals(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("originals")
     for name, build in PHOTOS.items():
         people.save(build(), folder / name)
-    return folder
-
-
-def anonymize_folder(originals: Path, folder: Path, detector, options, pipeline=None) -> Path:
-    """Every photo of ``originals`` through ``anonymize_photos``, written below ``folder`` (PNG, lossless)."""
-    from face_anon.orchestration.photo import anonymize_photos
-
-    for name in PHOTOS:
-        image = np.asarray(PIL.Image.open(originals / name).convert("RGB"))
-        (result,) = anonymize_photos([image], detector=detector, pipeline=pipeline, options=options)
-        assert result.image is not None, result.error
-        people.save(np.asarray(result.image), folder / name)
     return folder
 
 

@@ -14,13 +14,14 @@ from face_anon.apps.evaluate import main
 from face_anon.detection import Face
 from face_anon.evaluation import EvaluationOptions, evaluate
 
-from .conftest import PHOTOS, anonymize_folder
+from .evaluation_helpers import DETECTOR_THRESHOLD, PHOTOS, anonymize_folder
 
 
 def _run(original, anonymized, tmp_path, *extra):
     report_json = tmp_path / "report.json"
     status = main(
-        [str(original), str(anonymized), "--json", str(report_json), "--report-dir", str(tmp_path / "r"), "-q", *extra]
+        [str(original), str(anonymized), "--json", str(report_json), "--report-dir", str(tmp_path / "r"), "-q"]
+        + ["--threshold", str(DETECTOR_THRESHOLD), *extra]
     )
     return status, json.loads(report_json.read_text())
 

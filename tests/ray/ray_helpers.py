@@ -48,6 +48,8 @@ def make_photos(folder: Path) -> Path:
     save("more/empty.png", background(240, 240, 11))
     (folder / "corrupt.jpg").write_bytes((folder / "one.jpg").read_bytes()[:400])
     (folder / ".hidden.png").write_bytes((folder / "empty.png").read_bytes())
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "thumbnail.png").write_bytes((folder / "two.png").read_bytes())
     (folder / "notes.txt").write_text("not a photo\n")
     return folder
 
@@ -106,3 +108,8 @@ def count(counter: Path, what: str) -> int:
     if not Path(counter).exists():
         return 0
     return sum(line.startswith(what + " ") for line in Path(counter).read_text().splitlines())
+
+
+def load_broken():
+    """A model that cannot be loaded."""
+    raise OSError("no model files here")

@@ -87,7 +87,13 @@ def test_the_photos_cover_each_path(photos, blur_cli):
     _, rows = blur_cli
     assert _statuses(rows, photos) == {
         **dict.fromkeys(["two.png", "one.jpg", "overlap.png", "tilted.png", "small.jpg", "three.png"], "ok"),
-        **{"grey.png": "ok", "more/nested.png": "ok", "corrupt.jpg": "error", ".hidden.png": "skipped"},
+        **{
+            "grey.png": "ok",
+            "more/nested.png": "ok",
+            "corrupt.jpg": "error",
+            ".hidden.png": "skipped",
+            ".cache": "skipped",
+        },
         **{"empty.png": "no_faces", "empty.jpg": "no_faces", "more/empty.png": "no_faces", "notes.txt": "skipped"},
     }
     assert sum(len(row["faces"]) for row in rows) >= 13
@@ -184,3 +190,33 @@ def test_a_model_actor_that_raises_is_replaced_reading_a_uri(ray_cluster, photos
     for row in cli_rows:  # the same rows, naming the URIs
         row["input"] = f"{uri}/{Path(row['input']).relative_to(photos).as_posix()}"
     _assert_same_run(out, ray_rows, cli_out, cli_rows)
+
+
+def test_a_video_is_anonymized_whole_on_a_model_actor(ray_cluster, tmp_path):
+    from video.video_helpers import moving_scene, write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, moving_scene(6)[0])
+    assert _run(clip, tmp_path / "cli", "--mode", "blur")[0] == 0
+    status, rows = _run(clip, tmp_path / "ray", "--mode", "blur", "--engine", "ray")
+    assert status == 0
+    assert rows == read_report(tmp_path / "cli.json", tmp_path / "cli")
+    assert rows[0]["kind"] == "video" and rows[0]["frames"] == 6 and rows[0]["tracks"]
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "cli") != {"clip.mp4": clip.read_bytes()}
+
+
+def test_a_model_that_cannot_load_stops_the_run_with_every_row(ray_cluster, photos, tmp_path):
+    from ray_helpers import load_broken
+
+    out = tmp_path / "ray"
+    options = AnonymizeOptions(num_inference_steps=2, crop_size=32)
+    rows = [row.to_json() for row in anonymize_with_ray([photos], out, options=options, load_pipeline=load_broken)]
+    assert len(rows) == PHOTOS + 3
+    by_name = {Path(row["input"]).relative_to(photos).as_posix(): row for row in rows}
+    for name in ("empty.png", "empty.jpg", "more/empty.png"):  # written: no face needs the model
+        assert by_name[name]["output"] and (out / name).is_file(), by_name[name]
+        assert (by_name[name]["journal"] or {"status": by_name[name]["status"]})["status"] == "no_faces"
+    stopped = [row for row in rows if row["error"] and row["error"].startswith("not processed: cannot load the model")]
+    assert "OSError: no model files here" in stopped[0]["error"]
+    assert {Path(row["input"]).name for row in stopped} >= {"two.png", "one.jpg", "overlap.png", "grey.png"}
+    assert sorted(_outputs(out)) == ["empty.jpg", "empty.png", "more/empty.png"]

@@ -68,8 +68,10 @@ def composite(tmp_path_factory):
 def test_every_face_of_every_frame_is_replaced_and_the_file_kept(composite, detector, tmp_path):
     clip, placements = composite
     output = tmp_path / "phone_anon.mp4"
-    report = anonymize_video(clip.path, output, detector=detector, options=BLUR)
+    progress = []
+    report = anonymize_video(clip.path, output, detector=detector, options=BLUR, progress=progress.append)
     assert report.status == "ok" and report.error is None and report.frames == len(VFR_PTS)
+    assert [p.frame for p in progress] == list(range(len(VFR_PTS) + 1)) and progress[-1].frames == len(VFR_PTS)
     assert output.exists() and [p.name for p in tmp_path.iterdir()] == ["phone_anon.mp4"]
 
     before, times_in, _ = decode_frames(clip.path)
@@ -97,6 +99,7 @@ def test_every_face_of_every_frame_is_replaced_and_the_file_kept(composite, dete
     assert second.detected == len(VFR_PTS) - entering and second.last == len(VFR_PTS) - 1
     assert second.first == entering - VideoOptions().extend and second.extended == VideoOptions().extend
     assert first.action == second.action == FaceAction.BLURRED and first.redacted == second.redacted == 0
+    assert progress[-1].faces == sum(t.detected + t.interpolated + t.extended for t in report.tracks)
     row = report.to_json()
     assert row["kind"] == "video" and row["frames"] == len(VFR_PTS) and row["status"] == "ok"
     assert set(row["tracks"][0]) >= {"id", "first", "last", "detected", "interpolated", "extended", "redacted"}

@@ -122,19 +122,24 @@ class FileStore:
         return self._get(key)
 
     def drop(self, key: str | None, *, idle_for: float | None = None) -> None:
-        """Forget a session and delete all its files (the visitor closed the page); with ``idle_for``,
-        only if it has not been used for that many seconds (checked again once its event is over)."""
+        """Forget a session and delete all its files (the visitor closed the page: waits for their event in
+        progress). With ``idle_for`` (the sweeper), only a session unused for that many seconds and with no
+        event in progress."""
         with self._lock:
             session = self._sessions.get(key) if key else None
         if session is None:
             return
-        with session.lock:
+        if not session.lock.acquire(blocking=idle_for is None):
+            return  # an event is running: the session is in use
+        try:
             if idle_for is not None and time.monotonic() - session.last_used <= idle_for:
                 return
             with self._lock:
                 if self._sessions.get(key) is session:
                     del self._sessions[key]
             session.clear()
+        finally:
+            session.lock.release()
 
     def one_off(self, name: str, data: bytes) -> Path:
         """Serve one API call's result: ``data`` written as ``name`` in a fresh folder of the cache
