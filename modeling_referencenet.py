@@ -379,10 +379,11 @@ def reference_attention(unet: UNet2DConditionModel) -> Iterator[None]:
         names = [key.removesuffix(_PROCESSOR_SUFFIX) for key in unet.attn_processors]
         if installation is None or list(installation.processors) != names:
             installation = _installations[unet] = _Installation({name: _reference_processor(name) for name in names})
-        if installation.calls == 0:
-            current = unet.attn_processors
-            if not all(_is_reference_processor(key.removesuffix(_PROCESSOR_SUFFIX), p) for key, p in current.items()):
-                installation.previous = replace_attn_processors(unet, installation.processors.get)
+        current = unet.attn_processors
+        if not all(_is_reference_processor(key.removesuffix(_PROCESSOR_SUFFIX), p) for key, p in current.items()):
+            previous = replace_attn_processors(unet, installation.processors.get)
+            if installation.calls == 0:  # (during a call, ours were replaced: they are back, `previous` stays)
+                installation.previous = previous
         installation.calls += 1
     try:
         yield

@@ -244,6 +244,15 @@ class TrainingProgress:
             setattr(self, key, int(state[key]))
 
 
+def seed_step(
+    noise_generator: torch.Generator, dropout_generator: torch.Generator, seed: int, process_index: int, micro_step: int
+) -> None:
+    """Seeds a micro-batch's generators from (seed, process, micro-batch): every process draws its own noise and
+    dropout (the authors seed all processes alike), and a resumed run draws what an uninterrupted one drew."""
+    noise_generator.manual_seed(data.derive_seed(seed, data.NOISE_STREAM, process_index, micro_step))
+    dropout_generator.manual_seed(data.derive_seed(seed, data.DROPOUT_STREAM, process_index, micro_step))
+
+
 def load_training_rows(args: argparse.Namespace) -> tuple[list[data.Triplet] | data.DatasetTriplets, str]:
     """The training rows (checked) and where they came from, for the model card."""
     columns = (args.source_image_column, args.conditioning_image_column, args.ground_truth_column)
@@ -514,10 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         loader.set_epoch(progress.epoch)
         dataset.set_epoch(progress.epoch)
         for batch in loader:
-            for generator, stream in ((noise_generator, data.NOISE_STREAM), (dropout_generator, data.DROPOUT_STREAM)):
-                generator.manual_seed(
-                    data.derive_seed(args.seed, stream, accelerator.process_index, progress.micro_step)
-                )
+            seed_step(noise_generator, dropout_generator, args.seed, accelerator.process_index, progress.micro_step)
             with accelerator.accumulate(unet, referencenet, conditioning_referencenet):
                 output = recipe.compute_loss(
                     components,

@@ -217,6 +217,19 @@ def test_resume_equals_an_uninterrupted_run(base_model, tmp_path):
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
+def test_each_process_and_micro_batch_draws_its_own_noise_and_dropout():
+    def draws(process_index, micro_step, seed=0):
+        noise, dropout = torch.Generator(), torch.Generator()
+        train_face_anon.seed_step(noise, dropout, seed, process_index, micro_step)
+        return torch.randn(8, generator=noise), torch.rand(8, generator=dropout)
+
+    first = draws(0, 5)
+    assert all(torch.equal(a, b) for a, b in zip(first, draws(0, 5)))  # a function of (seed, process, micro-batch)
+    for other in (draws(1, 5), draws(0, 6), draws(0, 5, seed=1)):
+        assert not torch.equal(first[0], other[0]) and not torch.equal(first[1], other[1])
+    assert not torch.equal(first[0], torch.randn(8, generator=torch.Generator().manual_seed(0)))  # not the plain seed
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -269,3 +282,28 @@ def test_mixed_precision_keeps_float32_weights_and_saves_the_original_vae_and_cl
         max_difference(load_file(out / "image_encoder" / "model.safetensors"), load_file(clip / "model.safetensors"))
         == 0
     )
+
+
+def test_dataset_name_reads_a_datasets_dataset(base_model, train_data_dir, tmp_path):
+    """`--dataset_name` with renamed columns: a local parquet dataset (images embedded) gives the rows
+    `--train_data_dir` gives."""
+    import datasets
+
+    columns = {"identity": "source_image", "driving": "conditioning_image", "target": "ground_truth"}
+    records = read_metadata(train_data_dir)
+    table = {name: [row.images[key] for row in records] for name, key in columns.items()}
+    features = datasets.Features({name: datasets.Image() for name in columns})
+    (tmp_path / "parquet").mkdir()
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(tmp_path / "parquet" / "train.parquet"))
+    argv = train_arguments(*base_model, None, tmp_path / "out", dataset_name=tmp_path / "parquet")
+    argv += ["--source_image_column", "identity", "--conditioning_image_column", "driving"]
+    argv += ["--ground_truth_column", "target", "--max_train_samples", "2"]
+    rows, source = train_face_anon.load_training_rows(train_face_anon.parse_args(argv))
+    assert len(rows) == 2 and source == "a local dataset"
+    from transformers import CLIPImageProcessorPil
+
+    extractor = CLIPImageProcessorPil.from_pretrained(base_model[1])
+    from_dataset = FaceTripletDataset(rows, RESOLUTION, extractor)[1]
+    from_folder = FaceTripletDataset(records, RESOLUTION, extractor)[1]
+    for key in from_folder:
+        assert torch.equal(from_dataset[key], from_folder[key]), key

@@ -30,6 +30,7 @@ from ...detection import FaceDetector, load_detector
 from ...errors import InputError
 from ...io.video import VIDEO_EXTENSIONS
 from ...orchestration.options import LIMITS, MAX_ANONYMIZATION_DEGREE, ON_ERROR_CHOICES, AnonymizeOptions
+from ...orchestration.stages import find_faces
 from ...replacers.base import MODES
 from ...replacers.diffusion import DTYPES, load_pipeline
 from .jobs import (
@@ -42,7 +43,6 @@ from .jobs import (
     SpeedMeter,
     check_photo,
     check_video,
-    detect_faces,
     draw_faces,
     duration_text,
     kept_indices,
@@ -242,7 +242,7 @@ class WebApp:
             try:
                 path = _take(upload, session.private_folder(), name)
                 loaded = check_photo(path, name, self.limits)
-                faces = detect_faces(loaded, self.detector, AnonymizeOptions())
+                faces = find_faces(loaded.rgb, self.detector, AnonymizeOptions())  # what the job will find
             except JobError as error:
                 session.clear()
                 return rejected(f"**Cannot use this file.** {error}")

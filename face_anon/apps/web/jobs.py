@@ -35,7 +35,7 @@ from ...io.video import VIDEO_EXTENSIONS, VideoLoadError, VideoReader
 from ...orchestration.batch import FileRun, engine_settings, process_files
 from ...orchestration.options import AnonymizeOptions
 from ...orchestration.report import FileReport, Status
-from ...orchestration.stages import REPLACE, FaceDecision, find_faces
+from ...orchestration.stages import REPLACE, FaceDecision
 from ...orchestration.video import VideoProgress
 from ...replacers.base import FaceAction
 from ...replacers.diffusion import DiffusionAnonymizer
@@ -143,11 +143,6 @@ def check_video(path: Path, name: str, limits: Limits) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------ faces
-
-
-def detect_faces(loaded: LoadedImage, detector: FaceDetector, options: AnonymizeOptions) -> list[Face]:
-    """The faces a job on this photo will find (the same stage, ``find_faces``, in the same order)."""
-    return find_faces(loaded.rgb, detector, options)
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence[Face], *, max_side: int = 1280) -> PIL.Image.Image:
@@ -361,13 +356,6 @@ class JobResult:
     after: np.ndarray | None = None
 
 
-def faces_to_replace(report: FileReport) -> int:
-    return sum(
-        outcome.action not in (FaceAction.KEPT, FaceAction.IGNORED_TOO_SMALL, FaceAction.OUTSIDE_IMAGE)
-        for outcome in report.outcomes
-    )
-
-
 def run_file(
     upload: Path,
     *,
@@ -487,10 +475,8 @@ __all__ = [
     "StepReporter",
     "check_photo",
     "check_video",
-    "detect_faces",
     "draw_faces",
     "duration_text",
-    "faces_to_replace",
     "kept_indices",
     "photo_suffix",
     "report_error",
