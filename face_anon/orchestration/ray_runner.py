@@ -446,7 +446,9 @@ class _Photo:
     records: Mapping[tuple[int, str], Any] | None = None
 
 
-_FINAL, _PHOTO, _VIDEO = "final", "photo", "video"
+# Row kinds: a final report; a photo or video still to do; a job the model actor could not do because the
+# model cannot be loaded (its payload says why: the driver stops the run).
+_FINAL, _PHOTO, _VIDEO, _STOPPED = "final", "photo", "video", "stopped"
 
 
 def _dumps(value: Any) -> bytes:
@@ -649,8 +651,9 @@ class ReplaceStage:
 
     The model (or redactor) is made on the first crop, so a batch with nothing to replace, and a resumed
     run, loads nothing. Videos are anonymized here whole (``anonymize_video_file``: they need the model
-    and the detector together). An exception outside the per-face handling ends the actor's process:
-    Ray replaces the actor and retries the batch (a model or device in a bad state does not linger).
+    and the detector together). A model that cannot be loaded turns the batch's jobs into ``stopped``
+    rows, and the driver stops the run. Any other exception outside the per-face handling ends the actor's
+    process: Ray replaces the actor and retries the batch (a model or device in a bad state does not linger).
     """
 
     def __init__(self, spec: _Spec, fault: str | None = None) -> None:
@@ -659,17 +662,21 @@ class ReplaceStage:
         self.run: FileRun | None = None
         self._replacer: FaceReplacer | None = None
         self._detector: FaceDetector | None = None
+        self._load_error: ModelLoadError | None = None
         if spec.gpus_per_model == 0 and spec.run.options.mode == "anonymize":
             import torch
 
             torch.set_num_threads(spec.torch_threads)
 
     def __call__(self, batch):
+        rows = []
         try:
             self._inject_fault()
-            return _table(self._replace(_rows(batch)))
-        except ModelLoadError:
-            raise  # the run stops, as with a model that cannot be loaded in a single process
+            rows = _rows(batch)
+            return _table(self._replace(rows))
+        except ModelLoadError as error:  # the run stops, as with a model that cannot be loaded in a single process
+            self._load_error = error
+            return _table([row if row[1] == _FINAL else (row[0], _STOPPED, str(error)) for row in rows])
         except Exception:  # noqa: BLE001 - see the class docstring
             traceback.print_exc()
             print("face-anon: this model actor stops; Ray starts a fresh one and retries its batch", file=sys.stderr)
@@ -691,6 +698,8 @@ class ReplaceStage:
         raise RuntimeError("injected fault")
 
     def replacer(self) -> FaceReplacer:
+        if self._load_error is not None:
+            raise self._load_error  # tried once per actor
         if self._replacer is None:
             options, pipeline = self.spec.run.options, None
             if options.mode == "anonymize":
@@ -778,7 +787,7 @@ class WriteStage:
     def __call__(self, batch):
         out = []
         for number, kind, item in _rows(batch):
-            out.append((number, _FINAL, self._write(item) if kind == _PHOTO else item))
+            out.append((number, _FINAL, self._write(item)) if kind == _PHOTO else (number, kind, item))
         return _table(out)
 
     def _write(self, photo: _Photo) -> FileReport:
@@ -926,22 +935,6 @@ def _build_dataset(ray, plan: RayPlan, spec: _Spec, workers: _Workers, config: R
     return stage(dataset, WriteStage, workers.write, batch_size=1, args=(spec,))
 
 
-def _model_error(error: BaseException) -> ModelLoadError | None:
-    """The :class:`ModelLoadError` behind a Ray failure, if one is."""
-    seen = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ModelLoadError):
-            cause = getattr(current, "cause", None)
-            return cause if isinstance(cause, ModelLoadError) else current
-        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-    return None
-
-
 def _describe_failure(error: BaseException) -> str:
     """The innermost exception behind a Ray failure, as ``Type: first line``."""
     seen = set()
@@ -1041,21 +1034,29 @@ def process_files_ray(
                 torch_threads=workers.torch_threads,
             )
             dataset = _build_dataset(ray, plan, spec, workers, config)
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for number, _, report in _rows(batch):
-                    if number in reported:  # a retried block whose first attempt was delivered
-                        continue
-                    reported.add(number)
-                    yield report
+            batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+            try:
+                stopped = None
+                for batch in batches:
+                    for number, kind, item in _rows(batch):
+                        if kind == _STOPPED:
+                            stopped = stopped or item
+                        elif number not in reported:  # (a block is delivered once; guard anyway)
+                            reported.add(number)
+                            yield item
+                    if stopped is not None:
+                        raise ModelLoadError(stopped)
+            finally:
+                batches.close()  # stops the pipeline's actors now (an early stop), not at garbage collection
     except KeyboardInterrupt:
         yield from _unreported(plan, reported, "interrupted", since=since, run=run)
         raise
+    except ModelLoadError as error:
+        yield from _unreported(plan, reported, str(error), since=since, run=run)
+        raise
     except Exception as error:  # noqa: BLE001 - Ray wraps what failed in its own exceptions
-        cause = _model_error(error)
-        why = str(cause) if cause is not None else f"the Ray job failed: {_describe_failure(error)}"
+        why = f"the Ray job failed: {_describe_failure(error)}"
         yield from _unreported(plan, reported, why, since=since, run=run)
-        if cause is not None:
-            raise ModelLoadError(why) from error
         raise RayWorkerError(why) from error
 
 

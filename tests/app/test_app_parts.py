@@ -169,6 +169,22 @@ def test_the_store_deletes_old_files_and_a_closed_pages_files(tmp_path):
     assert not owned.root.exists()
 
 
+def test_an_upload_sent_twice_is_claimed_by_both_requests_then_swept(tmp_path):
+    store = FileStore(tmp_path / "root", keep_seconds=60)
+    upload = store.cache_dir / "0f1e2d" / "photo.png"  # where Gradio puts it, by content
+    upload.parent.mkdir()
+    upload.write_bytes(b"face")
+    first = store.claim(upload)
+    assert not upload.exists() and not upload.parent.exists() and first.read_bytes() == b"face"
+    assert store.claim(upload) == first  # the second request for the same upload finds it
+    with pytest.raises(FileNotFoundError):
+        store.claim(store.cache_dir / "other" / "photo.png")
+    old = time.time() - 120
+    os.utime(first, (old, old))
+    store.sweep()
+    assert not first.exists()
+
+
 def test_an_idle_session_is_dropped_but_not_while_its_event_runs(tmp_path):
     store = FileStore(tmp_path / "root", keep_seconds=0.05)
     with store.session("a") as session:

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -142,15 +141,6 @@ def _take(upload: str | None, folder: Path, name: str) -> Path:
     except OSError:
         pass
     return target
-
-
-def _discard(upload: str | None) -> None:
-    if upload:
-        Path(upload).unlink(missing_ok=True)
-        try:
-            Path(upload).parent.rmdir()
-        except OSError:
-            pass
 
 
 class WebApp:
@@ -430,26 +420,26 @@ class WebApp:
             raise gr.Error("image: no file was sent")
         name = _display_name(image, "image")
         try:
-            with tempfile.TemporaryDirectory(dir=self.store.jobs_dir, prefix="upload-") as folder:
-                path = _take(image, Path(folder), name)
-                check_photo(path, name, self.limits)
-                options = self.options(mode, anonymization_degree, self.config.num_inference_steps, seed, "fail")
-                result = run_file(
-                    path,
-                    output_suffix=".png",
-                    options=options,
-                    detector=self.detector,
-                    model=self.model,
-                    work_dir=self.store.jobs_dir,
-                    limits=self.limits,
-                )
+            try:
+                path = self.store.claim(image)
+            except FileNotFoundError:
+                raise JobError(f"{name} was not received completely; send it again") from None
+            check_photo(path, name, self.limits)
+            options = self.options(mode, anonymization_degree, self.config.num_inference_steps, seed, "fail")
+            result = run_file(
+                path,
+                output_suffix=".png",
+                options=options,
+                detector=self.detector,
+                model=self.model,
+                work_dir=self.store.jobs_dir,
+                limits=self.limits,
+            )
         except JobError as error:
             raise gr.Error(str(error)) from None
         except Exception as error:  # noqa: BLE001
             logger.exception("an API job failed")
             raise gr.Error(f"something went wrong ({type(error).__name__})") from None
-        finally:
-            _discard(image)
         output_name = f"{_stem(name)}_anonymized.png"
         served = self.store.one_off(output_name, result.data)
         return str(served), report_for_visitor(result.report, input_name=name, output_name=output_name)

@@ -5,14 +5,15 @@ Everything lives under one private folder (mode 0700) made for the app and remov
     ROOT/gradio/        Gradio's cache (GRADIO_TEMP_DIR): uploads land here; what a page shows is served from here
          face-anon/TOKEN/KIND/   one visitor's previews and result (or one API call's result)
     ROOT/private/TOKEN/ one visitor's upload between their clicks (never served)
-    ROOT/jobs/          running jobs' folders, and API uploads while their job runs (each job deletes its own)
+         api/           API uploads (never served; see :meth:`FileStore.claim`)
+    ROOT/jobs/          running jobs' folders (each job deletes its own)
 
-- An upload is moved out of Gradio's cache as soon as the app receives it (the page keeps no copy).
+- An upload is moved out of Gradio's cache as soon as the app receives it (nothing serves it again).
 - A visitor's previous previews and result are deleted when they upload or run again, and all their
   files when they close the page.
-- Anything else (an API call's result once the client fetched it, a visitor who vanished without
-  closing the page, an upload Gradio received for an event that failed) is deleted ``keep_seconds``
-  after it was last written or used, by a sweeper thread.
+- Anything else (an API call's upload and result, a visitor who vanished without closing the page, an
+  upload Gradio received for an event that failed) is deleted ``keep_seconds`` after it was last
+  written or used, by a sweeper thread.
 """
 
 from __future__ import annotations
@@ -140,6 +141,27 @@ class FileStore:
             session.clear()
         finally:
             session.lock.release()
+
+    def claim(self, upload: str | os.PathLike) -> Path:
+        """Take an API upload out of Gradio's cache into the private folder; its private path, to read now.
+
+        Gradio stores an upload by its content (the same bytes and name land on the same path), so a script
+        that sends one file several times at once (trying seeds) gets one file for all its requests: the
+        first request moves it here, the later ones find it here. The private copy is deleted
+        ``keep_seconds`` after its last claim.
+        """
+        source = Path(upload)
+        target = self.private_dir / "api" / source.parent.name / source.name
+        with self._lock:
+            if source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+                with contextlib.suppress(OSError):
+                    source.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+            if not target.exists():
+                raise FileNotFoundError(f"the upload {source.name!r} is no longer here")
+            os.utime(target)  # claimed now: kept keep_seconds from now
+        return target
 
     def one_off(self, name: str, data: bytes) -> Path:
         """Serve one API call's result: ``data`` written as ``name`` in a fresh folder of the cache
