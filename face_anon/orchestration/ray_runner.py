@@ -23,9 +23,10 @@ Resuming and faults:
   skipped in the open stage: a resumed run loads no model and changes no file, whichever engine wrote it.
 - A bad file is that file's ``error`` row. A model actor whose batch raises outside the per-face
   handling (which already retries a failing batch face by face) ends its process; Ray starts a fresh
-  actor and runs the batch again there (``RayConfig.max_worker_restarts`` times at most). Nothing is
-  written before the write stage, and the write stage skips an output that a lost attempt of its batch
-  already wrote (journal record attached), so every output is written once, whole (atomic rename).
+  actor and runs the batch again there (``RayConfig.max_worker_restarts`` times at most). Model actors
+  write nothing; the open stage (photos without faces) and the write stage skip an output that a lost
+  attempt of their batch already wrote (journal record attached), so every output is written once, whole
+  (atomic rename). A model that cannot be loaded stops the run, as in a single process.
 - Memory is bounded: each actor has at most two batches queued and the pipeline's share of the object
   store is capped (``RayConfig.object_store_memory``); Ray Data holds the listing back when it is full.
 
@@ -1082,7 +1083,6 @@ def anonymize_with_ray(
     keep_metadata: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     selector: FaceSelector | None = None,
-    selector_settings: Mapping[str, Any] | None = None,
     load_pipeline: Callable[[], Any] | None = None,
     config: RayConfig = RayConfig(),
     progress: bool = False,
@@ -1098,8 +1098,8 @@ def anonymize_with_ray(
             give ``load_pipeline``, a picklable function that returns it (``model`` still names its
             folder for the crop size, or set ``options.crop_size``).
         detector, threshold: the face detector.
-        selector, selector_settings: the selection hook (it must pickle) and what it adds to the settings
-            that decide an output (so that resuming notices a change).
+        selector: the selection hook (it must pickle); its ``settings`` attribute, if any, joins the
+            settings that decide an output, as on the command line (so that resuming notices a change).
         config: cluster and workers (:class:`RayConfig`).
         progress: show a progress bar (images, faces per second) on stderr.
 
@@ -1114,7 +1114,7 @@ def anonymize_with_ray(
         max_pixels=max_pixels,
         settings={
             **engine_settings(options, detector=detector, threshold=threshold, model=model, dtype=dtype),
-            **dict(selector_settings or {}),
+            **dict(getattr(selector, "settings", None) or {}),
         },
         selector=selector,
     )

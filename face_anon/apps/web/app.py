@@ -492,6 +492,11 @@ class WebApp:
                 )
             return mode, degree, steps, seed
 
+        # Jobs share one queue lane of --concurrency slots (they share the pipeline); finding the faces of an
+        # upload has its own lane, so a visitor sees their faces while others' diffusion jobs run.
+        jobs = dict(concurrency_id="jobs", concurrency_limit=config.concurrency)
+        uploads = dict(concurrency_id="uploads", concurrency_limit=4, api_visibility="private")
+
         with gr.Blocks(title="face-anon: face anonymization", analytics_enabled=False) as demo:
             gr.Markdown(INTRO.format(keep=keep))
             with gr.Tab("Photo"):
@@ -544,8 +549,8 @@ class WebApp:
                     return self.photo_estimate(ticked, mode, steps, request)
 
                 uploaded = [faces_image, faces, estimate, status, compare, download, report]
-                photo.upload(photo_uploaded, inputs=[photo, mode, steps], outputs=uploaded, api_visibility="private")
-                photo.clear(photo_uploaded, inputs=[photo, mode, steps], outputs=uploaded, api_visibility="private")
+                for trigger in (photo.upload, photo.clear):
+                    trigger(photo_uploaded, inputs=[photo, mode, steps], outputs=uploaded, **uploads)
                 for trigger in (faces.change, mode.change, steps.change):
                     trigger(
                         photo_estimate,
@@ -563,6 +568,7 @@ class WebApp:
                     inputs=[faces, mode, degree, steps, seed, on_error],
                     outputs=[status, compare, download, report],
                     api_visibility="private",
+                    **jobs,
                 )
 
             with gr.Tab("Video"):
@@ -591,8 +597,8 @@ class WebApp:
                     return (self.video_uploaded(upload, request), *cleared)
 
                 uploaded = [v_status, v_player, v_download, v_report]
-                video.upload(video_uploaded, inputs=video, outputs=uploaded, api_visibility="private")
-                video.clear(video_uploaded, inputs=video, outputs=uploaded, api_visibility="private")
+                for trigger in (video.upload, video.clear):
+                    trigger(video_uploaded, inputs=video, outputs=uploaded, **uploads)
 
                 def video_run(mode, degree, steps, seed, request: gr.Request, progress=gr.Progress()):
                     return self.video_run(mode, degree, steps, seed, request, progress)
@@ -602,6 +608,7 @@ class WebApp:
                     inputs=[v_mode, v_degree, v_steps, v_seed],
                     outputs=[v_status, v_player, v_download, v_report],
                     api_visibility="private",
+                    **jobs,
                 )
 
             # The API endpoint: hidden components, one named event.
@@ -620,6 +627,7 @@ class WebApp:
                 inputs=[api_image, api_mode, api_degree, api_seed],
                 outputs=[api_result, api_report],
                 api_name="anonymize",
+                **jobs,
                 api_description="Anonymize every face of a photo: (image, mode, anonymization_degree, seed) -> "
                 "(the result as a lossless PNG, the JSON report).",
             )
