@@ -715,8 +715,8 @@ class FaceAnonPipeline(DiffusionPipeline):
             original_checkpoint = importlib.import_module("original_checkpoint")
         except ModuleNotFoundError as error:
             raise ImportError(
-                "FaceAnonPipeline.from_original needs face-anon installed (`pip install face-anon`), which provides "
-                "`original_checkpoint`; a converted repository loads with DiffusionPipeline.from_pretrained alone."
+                "FaceAnonPipeline.from_original needs face-anon installed (`pip install .` in its repository), which "
+                "provides `original_checkpoint`; a converted repository loads with DiffusionPipeline.from_pretrained."
             ) from error
         return original_checkpoint.load_original_pipeline(*args, pipeline_class=cls, **kwargs)
 

@@ -11,6 +11,12 @@ model workers, each on a fresh output folder, and records when each photo's repo
   three quarters of the rows (startup excluded; Ray delivers rows in blocks of a few photos, hence the fit);
 - ``added``: steady seconds per photo of the Ray run minus those of the single process.
 
+Then, without Ray, ``stages``: the CPU seconds per photo (this process, all threads) of ``process_files`` and
+of the three stages' Ray Data functions called here one after the other on the same photos. Their difference is
+the work that splitting a photo into stages adds (the second decode and hash of the input, pickling, crop
+digests), before Ray moves anything: CPU time, which a machine shared with other jobs inflates far less than
+wall time.
+
 Run from the repository root with the test and ray extras installed (photos are built from scikit-image's
 astronaut with the test helpers)::
 
@@ -22,6 +28,7 @@ astronaut with the test helpers)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -40,7 +47,17 @@ import PIL.Image  # noqa: E402
 from photo.photo_helpers import Placement, compose  # noqa: E402
 
 from face_anon import AnonymizeOptions, FileRun, Journal, engine_settings, load_detector, process_files  # noqa: E402
-from face_anon.orchestration.ray_runner import RayConfig, faces_replaced, plan_inputs, process_files_ray  # noqa: E402
+from face_anon.orchestration.ray_runner import (  # noqa: E402
+    OpenStage,
+    RayConfig,
+    ReplaceStage,
+    WriteStage,
+    _Spec,
+    faces_replaced,
+    plan_inputs,
+    process_files_ray,
+    resolve_crop_size,
+)
 
 
 def make_photos(folder: Path, count: int, size: tuple[int, int]) -> Path:
@@ -96,13 +113,67 @@ def timings(reports, start: float) -> dict:
     }
 
 
-def run_once(engine: str, photos: Path, out: Path, options: AnonymizeOptions, loader, workers: int = 1) -> dict:
+def _plan_and_run(photos: Path, out: Path, options: AnonymizeOptions):
     plan = plan_inputs([photos], out)
-    run = FileRun(
-        options=options,
-        journal=Journal(plan.journal),
-        settings=engine_settings(options, detector="centerface", threshold=0.3, model="benchmark"),
+    settings = engine_settings(options, detector="centerface", threshold=0.3, model="benchmark")
+    return plan, FileRun(options=options, journal=Journal(plan.journal), settings=settings)
+
+
+def stage_cpu(photos: Path, scratch: Path, options: AnonymizeOptions, loader) -> dict:
+    """CPU seconds per photo of ``process_files`` and of the Ray stages' functions run in this process."""
+    import pyarrow as pa
+    import torch
+
+    plan, run = _plan_and_run(photos, scratch / "single", options)
+    detector = load_detector()
+    start = time.process_time()
+    list(process_files(plan, detector=detector, run=run, load_pipeline=loader))
+    single = time.process_time() - start
+
+    plan, run = _plan_and_run(photos, scratch / "staged", options)
+    spec = _Spec(
+        run=dataclasses.replace(run, journal=None),
+        journal=plan.journal,
+        detector="centerface",
+        threshold=0.3,
+        crop_size=resolve_crop_size(options, None),
+        load_pipeline=loader,
+        gpus_per_model=0.0,
+        torch_threads=torch.get_num_threads(),
     )
+    stages = {"open": OpenStage(spec), "replace": ReplaceStage(spec), "write": WriteStage(spec)}
+    seconds = dict.fromkeys(stages, 0.0)
+    for first in range(0, len(plan.jobs), options.batch_size):
+        jobs = plan.jobs[first : first + options.batch_size]
+        table = pa.table(
+            {
+                "number": list(range(first, first + len(jobs))),
+                "source": [str(job.input) for job in jobs],
+                "output": [str(job.output) for job in jobs],
+            }
+        )
+        for name, stage in stages.items():
+            start = time.process_time()
+            table = stage(table)
+            seconds[name] += time.process_time() - start
+    count = len(plan.jobs)
+    staged = sum(seconds.values())
+    result = {"single_cpu_s_per_photo": round(single / count, 3)}
+    result |= {f"{name}_cpu_s_per_photo": round(value / count, 3) for name, value in seconds.items()}
+    result |= {
+        "staged_cpu_s_per_photo": round(staged / count, 3),
+        "added_cpu_s_per_photo": round((staged - single) / count, 3),
+    }
+    same = all(
+        (scratch / "single" / job.output.name).read_bytes() == (scratch / "staged" / job.output.name).read_bytes()
+        for job in plan.jobs
+    )
+    result["same_outputs"] = same
+    return result
+
+
+def run_once(engine: str, photos: Path, out: Path, options: AnonymizeOptions, loader, workers: int = 1) -> dict:
+    plan, run = _plan_and_run(photos, out, options)
     start = time.perf_counter()
     if engine == "single":
         reports = process_files(plan, detector=load_detector(), run=run, load_pipeline=loader)
@@ -121,6 +192,7 @@ def main() -> None:
     parser.add_argument("--photo-size", type=int, nargs=2, default=(640, 480))
     parser.add_argument("--modes", nargs="+", default=["blur", "diffusion"], choices=["blur", "diffusion"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="model workers of the Ray runs")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ray", "stages"], help="sections to leave out")
     parser.add_argument("--model", choices=["tiny", "sd21"], default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: float16 for sd21, float32 for tiny")
@@ -163,10 +235,11 @@ def main() -> None:
             loader = functools.partial(_sd21, args.device, dtype)
         else:
             loader = functools.partial(_load, _saved_tiny(scratch / "tiny"), args.device, dtype)
-        start = time.perf_counter()
-        ray.init(include_dashboard=False, logging_level="WARNING")
-        results["ray_init_s"] = round(time.perf_counter() - start, 2)
-        results["ray_cpus"] = ray.cluster_resources().get("CPU")
+        if "ray" not in args.skip:
+            start = time.perf_counter()
+            ray.init(include_dashboard=False, logging_level="WARNING")
+            results["ray_init_s"] = round(time.perf_counter() - start, 2)
+            results["ray_cpus"] = ray.cluster_resources().get("CPU")
         for mode in args.modes:
             options = AnonymizeOptions(
                 mode="anonymize" if mode == "diffusion" else mode,
@@ -175,7 +248,14 @@ def main() -> None:
                 batch_size=args.batch_size,
             )
             model_loader = loader if mode == "diffusion" else None
-            runs = {"single": run_once("single", photos, scratch / f"{mode}-single", options, model_loader)}
+            runs = {}
+            if "stages" not in args.skip:
+                runs["stages"] = stage_cpu(photos, scratch / f"{mode}-stages", options, model_loader)
+                print(mode, "stages", runs["stages"], flush=True)
+            if "ray" in args.skip:
+                results[mode] = runs
+                continue
+            runs["single"] = run_once("single", photos, scratch / f"{mode}-single", options, model_loader)
             print(mode, "single", runs["single"], flush=True)
             for workers in args.workers:
                 name = f"ray x{workers}"
@@ -188,7 +268,8 @@ def main() -> None:
             results[mode] = runs
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     print(json.dumps(results, indent=2))
 
 

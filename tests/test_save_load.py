@@ -10,6 +10,8 @@ import pytest
 import torch
 from helpers import CASES, case_call_kwargs, case_latents, env_without_this_checkout, relative_files
 
+from pipeline_face_anon import FaceAnonPipeline
+
 
 CASE = CASES[0]
 LOADER = """
@@ -141,3 +143,10 @@ def test_repository_model_index_is_what_save_pretrained_writes(tiny_model_dir):
     for key in set(root) - {"_diffusers_version", "scheduler"}:  # the tests run DDIM; the model ships DDPM
         assert root[key] == saved[key], key
     assert root["scheduler"] == ["diffusers", "DDPMScheduler"]
+
+
+def test_from_original_without_the_converter_module_says_what_is_missing(monkeypatch):
+    """The Hub files do not carry the authors'-layout reader: without face-anon installed, a clear ImportError."""
+    monkeypatch.setitem(sys.modules, "original_checkpoint", None)  # as in an environment without face-anon
+    with pytest.raises(ImportError, match="original_checkpoint"):
+        FaceAnonPipeline.from_original()

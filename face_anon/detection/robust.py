@@ -260,7 +260,11 @@ class RobustDetector:
             if not candidate.first_pass:
                 if area(visible) < self.min_visible * area(candidate.box):
                     continue
-                if candidate.mirrored and not inside(candidate.box) and _is_reflection(candidate, candidates, inside, width, height):
+                if (
+                    candidate.mirrored
+                    and not inside(candidate.box)
+                    and _is_reflection(candidate, candidates, inside, width, height)
+                ):
                     continue
             kept.append((candidate, visible))
 

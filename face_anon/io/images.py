@@ -1,23 +1,29 @@
 """Reading and writing photos: orientation, pixel modes, metadata and atomic writes.
 
 Everything the model and detector see is an upright 8-bit RGB array. The file written back keeps the
-source's pixel mode where that is possible (grey stays grey, alpha stays, 16-bit grey stays 16-bit)
-and every pixel the anonymization did not change keeps its exact source value.
+source's pixel mode where that is possible (grey stays grey, alpha stays, 16 bits stay 16 bits in PNG,
+a lossless WebP stays lossless, a GIF keeps its palette) and every pixel the anonymization did not
+change keeps its exact source value; where a format cannot (JPEG, lossy WebP, more than 256 colours in
+a GIF) :func:`encode_image` says so in ``notes``. Metadata is cleaned by :mod:`face_anon.io.metadata`.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
 from ..errors import ImageLoadError
+from .metadata import EXIF_ORIENTATION, clean_exif, clean_icc, clean_xmp
 
 
 # Pillow's format names for the extensions we write, and the extensions a folder scan picks up.
@@ -34,17 +40,41 @@ FORMATS_BY_EXTENSION = {
 }
 IMAGE_EXTENSIONS = frozenset(FORMATS_BY_EXTENSION)
 DEFAULT_MAX_PIXELS = 100_000_000
-EXIF_ORIENTATION = 0x0112
+JPEG_QUALITY = WEBP_QUALITY = 95
+# Key of the :class:`SourceEncoding` in a source image's ``info``: it travels with the image (copies
+# and ``merge_into_source`` keep it) to :func:`encode_image`, whoever calls it. Pillow's writers ignore it.
+SOURCE_ENCODING_KEY = "face_anon.source_encoding"
 
 
 @dataclass
 class Metadata:
-    """What ``--keep-metadata`` carries over. ICC colour profiles are kept always (they hold no identity)."""
+    """Metadata an output may carry (see :mod:`face_anon.io.metadata` for what each field has lost).
+
+    ``icc_profile`` is the colour profile without its free text: what every output gets.
+    ``icc_profile_original`` is the file's own profile, written instead when it is set (what
+    ``--keep-metadata`` passes on: the loaded image's whole ``Metadata``); ``exif``, ``xmp`` and
+    ``comment`` are written only with ``--keep-metadata``, and never hold an embedded image.
+    """
 
     exif: bytes | None = None
     xmp: bytes | None = None
     comment: bytes | None = None
     icc_profile: bytes | None = None
+    icc_profile_original: bytes | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SourceEncoding:
+    """How the input file stored its pixels, where the 8-bit Pillow image cannot say it.
+
+    ``deep``: the upright uint16 RGB(A) pixels of a 16-bit colour file (Pillow keeps 8 of them);
+    ``palette``: the (N, 3) uint8 colours of a palette image, in palette order; ``lossless``: a
+    lossless WebP (VP8L). :func:`encode_image` uses them to keep pixels outside the faces exact.
+    """
+
+    deep: np.ndarray | None = None
+    palette: np.ndarray | None = None
+    lossless: bool = False
 
 
 @dataclass
@@ -52,7 +82,8 @@ class LoadedImage:
     """An upright photo: the 8-bit RGB array to work on, and the source pixels to write back.
 
     ``source`` is the orientation-corrected image in one of the modes we write back
-    (``RGB``, ``RGBA``, ``L``, ``LA``, ``I;16``); ``rgb`` is its 8-bit RGB view.
+    (``RGB``, ``RGBA``, ``L``, ``LA``, ``I;16``); ``rgb`` is its 8-bit RGB view. ``source.info``
+    holds only the :class:`SourceEncoding` (``encoding``), never metadata.
     """
 
     rgb: np.ndarray
@@ -66,6 +97,10 @@ class LoadedImage:
     def size(self) -> tuple[int, int]:
         return self.source.size
 
+    @property
+    def encoding(self) -> SourceEncoding:
+        return self.source.info.get(SOURCE_ENCODING_KEY) or SourceEncoding()
+
 
 def _native(image: PIL.Image.Image, notes: list[str]) -> PIL.Image.Image:
     """Convert any Pillow mode to the closest mode we can write back exactly."""
@@ -76,7 +111,8 @@ def _native(image: PIL.Image.Image, notes: list[str]) -> PIL.Image.Image:
         return image.convert("L")
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in image.info
-        notes.append("palette image written as " + ("RGBA" if has_alpha else "RGB"))
+        if image.format != "GIF":  # a GIF is written back with its palette (see _encode_gif)
+            notes.append("palette image written as " + ("RGBA" if has_alpha else "RGB"))
         return image.convert("RGBA" if has_alpha else "RGB")
     if mode in ("I;16B", "I;16L", "I;16N", "I"):
         values = np.asarray(image)
@@ -100,20 +136,98 @@ def rgb_array(image: PIL.Image.Image) -> np.ndarray:
     return np.asarray(native.convert("RGB"))
 
 
-def _metadata(image: PIL.Image.Image) -> Metadata:
+def _metadata(image: PIL.Image.Image, notes: list[str]) -> Metadata:
+    """The file's metadata, cleaned (:mod:`face_anon.io.metadata`): what an output may carry."""
     info = image.info
     exif = image.getexif()
-    exif_bytes = None
-    if len(exif):
-        exif.pop(EXIF_ORIENTATION, None)  # the pixels are written upright
-        exif_bytes = exif.tobytes()  # IFD0 with its Exif/GPS sub-IFDs; never the IFD1 thumbnail
+    exif_bytes = clean_exif(exif) if len(exif) else None  # the pixels are written upright: no orientation
     xmp = info.get("xmp") or info.get("XML:com.adobe.xmp")
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
+    if xmp:
+        cleaned_xmp = clean_xmp(xmp)
+        if cleaned_xmp is None:
+            notes.append("XMP metadata unreadable: never written")
+        xmp = cleaned_xmp
     comment = info.get("comment")
     if isinstance(comment, str):
         comment = comment.encode("utf-8")
-    return Metadata(exif=exif_bytes, xmp=xmp, comment=comment, icc_profile=info.get("icc_profile"))
+    icc = info.get("icc_profile") or None
+    cleaned_icc = clean_icc(icc) if icc else None
+    if icc and cleaned_icc is None:
+        notes.append("ICC profile unreadable: never written")
+        icc = None
+    return Metadata(exif=exif_bytes, xmp=xmp, comment=comment, icc_profile=cleaned_icc, icc_profile_original=icc)
+
+
+def _webp_is_lossless(path: Path) -> bool:
+    """Whether a WebP file's picture is VP8L (lossless), reading only its chunk headers."""
+    with open(path, "rb") as file:
+        header = file.read(12)
+        if header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+            return False
+        while True:
+            chunk = file.read(8)
+            if len(chunk) < 8:
+                return False
+            kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind in (b"VP8L", b"VP8 "):
+                return kind == b"VP8L"
+            if kind == b"VP8X":
+                file.seek(size + (size & 1), os.SEEK_CUR)
+                continue
+            file.seek(size + (size & 1), os.SEEK_CUR)
+
+
+# Orientation value -> the numpy operation that makes stored pixels upright (as PIL's exif_transpose).
+_UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _is_deep_colour(image: PIL.Image.Image) -> bool:
+    """Whether Pillow is about to read a 16-bit-per-channel colour PNG or TIFF as 8 bits (before ``load``)."""
+    if image.format not in ("PNG", "TIFF") or image.mode not in ("RGB", "RGBA"):
+        return False
+    rawmodes = [tile.args if isinstance(tile.args, str) else tile.args[0] for tile in image.tile if tile.args]
+    return any(";16" in str(rawmode) for rawmode in rawmodes)
+
+
+def _deep_pixels(path: Path, upright: PIL.Image.Image, orientation: int) -> np.ndarray | None:
+    """The upright uint16 RGB(A) pixels of a 16-bit colour file, or None if OpenCV cannot give them.
+
+    Pillow reads such files as 8-bit RGB(A) (the high byte); OpenCV reads all 16 bits. The two must
+    agree on every pixel's high byte, or the 16-bit copy is not used.
+    """
+    decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    channels = len(upright.mode)
+    if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 3 or decoded.shape[2] != channels:
+        return None
+    rgb = decoded[..., [2, 1, 0, 3][:channels]]
+    deep = np.ascontiguousarray(_UPRIGHT.get(orientation, _UPRIGHT[1])(rgb))
+    if deep.shape[:2] != (upright.height, upright.width) or not np.array_equal(deep >> 8, np.asarray(upright)):
+        return None
+    return deep
+
+
+def _palette_colours(image: PIL.Image.Image) -> np.ndarray | None:
+    """The (N, 3) colours a palette image uses, in palette order (its transparent entry left out)."""
+    if image.mode not in ("P", "PA"):
+        return None
+    palette = np.asarray(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+    used = np.unique(np.asarray(image if image.mode == "P" else image.getchannel(0)))
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        used = used[used != transparent]
+    used = used[used < len(palette)]
+    return palette[used]
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -144,6 +258,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         if frames > 1 and image.format != "MPO":
             # Other frames would hold faces we never look at: refuse rather than write them unchanged.
             raise ImageLoadError(f"multi-frame images are not supported ({frames} frames, {image.format})")
+        deep_colour = _is_deep_colour(image)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as error:
@@ -157,13 +272,22 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
             upright, orientation = image.copy(), 1
             notes_extra.append(f"EXIF orientation unreadable, used as stored ({error})")
         try:
-            metadata = _metadata(image)  # after the transpose: this edits the EXIF Pillow caches
+            metadata = _metadata(image, notes_extra)  # after the transpose: this edits the EXIF Pillow caches
         except Exception as error:  # unreadable metadata is dropped, which is what stripping does anyway
-            metadata = Metadata(icc_profile=image.info.get("icc_profile"))
+            icc = image.info.get("icc_profile")
+            metadata = Metadata(icc_profile=clean_icc(icc) if icc else None)
             notes_extra.append(f"metadata unreadable, dropped ({error})")
+        deep = _deep_pixels(path, upright, orientation) if deep_colour else None
+        if deep_colour and deep is None:
+            notes_extra.append("16-bit colour read and written at 8 bits per channel")
+        encoding = SourceEncoding(
+            deep=deep,
+            palette=_palette_colours(upright),
+            lossless=fmt == "WEBP" and _webp_is_lossless(path),
+        )
     notes: list[str] = list(notes_extra)
     source = _native(upright, notes)
-    source.info = {}
+    source.info = {SOURCE_ENCODING_KEY: encoding}  # and nothing else: Pillow's writers read metadata from info
     return LoadedImage(
         rgb=rgb_array(source),
         source=source,
@@ -196,6 +320,12 @@ def merge_into_source(loaded: LoadedImage, result_rgb: np.ndarray) -> PIL.Image.
         raise ValueError(f"unexpected source mode {mode!r}")
     merged = PIL.Image.fromarray(out)
     assert merged.mode == mode, (merged.mode, mode)
+    encoding = loaded.encoding
+    deep = None
+    if encoding.deep is not None:  # changed pixels at 8-bit precision, scaled to 16 bits; the rest exact
+        deep = encoding.deep.copy()
+        deep[..., :3][changed] = result_rgb[changed].astype(np.uint16) * 257
+    merged.info = {SOURCE_ENCODING_KEY: SourceEncoding(deep=deep, palette=encoding.palette, lossless=encoding.lossless)}
     return merged
 
 
@@ -215,30 +345,158 @@ def _fit_mode(image: PIL.Image.Image, fmt: str) -> PIL.Image.Image:
         return image if mode in ("RGB", "L") else image.convert("L" if mode in ("LA", "I;16") else "RGB")
     if fmt in ("BMP",):
         return image if mode in ("RGB", "L") else image.convert("RGB")
-    if fmt == "GIF":
-        return image.convert("RGB") if mode not in ("L", "P") else image
     if fmt == "WEBP":
         return image if mode in ("RGB", "RGBA") else image.convert("RGBA" if mode == "LA" else "RGB")
     return image
 
 
-def encode_image(image: PIL.Image.Image, fmt: str, metadata: Metadata | None = None) -> bytes:
-    """Encode a freshly built image; only the metadata passed in is written (none when ``None``)."""
-    image = _fit_mode(image, fmt)
+def _metadata_options(fmt: str, metadata: Metadata | None) -> dict:
+    """Pillow ``save`` options for the metadata given (none when ``None``) that ``fmt`` can hold."""
     options: dict = {}
+    if metadata is None:
+        return options
+    icc = metadata.icc_profile_original or metadata.icc_profile
+    if icc and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["icc_profile"] = icc
+    if metadata.exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["exif"] = metadata.exif
+    if metadata.xmp and fmt in ("JPEG", "WEBP", "PNG", "TIFF"):
+        options["xmp"] = metadata.xmp
+    if metadata.comment and fmt in ("JPEG", "GIF"):
+        options["comment"] = metadata.comment
+    return options
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _encode_png16(deep: np.ndarray, options: dict) -> bytes:
+    """A 16-bit RGB(A) PNG of ``deep`` (OpenCV writes the pixels), with the metadata chunks added."""
+    bgr = deep[..., [2, 1, 0, 3][: deep.shape[2]]]
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    data = encoded.tobytes()
+    if not ok or data[12:16] != b"IHDR":
+        raise ValueError("OpenCV could not write a 16-bit PNG")
+    chunks = b""
+    if "icc_profile" in options:
+        chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(options["icc_profile"]))
+    if "exif" in options:
+        exif = options["exif"]
+        chunks += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    if "xmp" in options:
+        chunks += _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + options["xmp"])
+    return data[:33] + chunks + data[33:]  # after the signature (8 bytes) and IHDR (25)
+
+
+def _nearest(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Index of the nearest ``palette`` colour (squared RGB distance) for each of ``colours`` (N, 3)."""
+    out = np.empty(len(colours), dtype=np.int64)
+    palette = palette.astype(np.int32)
+    for start in range(0, len(colours), 4096):
+        block = colours[start : start + 4096].astype(np.int32)
+        out[start : start + 4096] = ((block[:, None, :] - palette[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    return out
+
+
+def _encode_gif(image: PIL.Image.Image, encoding: SourceEncoding, options: dict, notes: list[str]) -> bytes:
+    """A GIF whose palette holds every colour of the image when it can (at most 256).
+
+    With more colours, the source's own palette colours keep their entries (so pixels outside the
+    faces stay exact), the free entries get the faces' most frequent new colours, and every other
+    pixel takes the nearest entry. Without a source palette the image is reduced to 256 colours
+    (``notes`` says so). Alpha becomes on/off transparency (at 128).
+    """
+    rgba = np.asarray(image.convert("RGBA"))
+    opaque = rgba[..., 3] >= 128
+    if np.any((rgba[..., 3] > 0) & (rgba[..., 3] < 255)):
+        notes.append("GIF: partial transparency written as on/off")
+    keys = (rgba[..., 0].astype(np.int64) << 16) | (rgba[..., 1].astype(np.int64) << 8) | rgba[..., 2]
+    used = np.unique(keys[opaque])
+    slots = 256 - (0 if opaque.all() else 1)
+    known = []
+    if encoding.palette is not None:
+        palette_keys = (encoding.palette[:, 0].astype(np.int64) << 16) | (encoding.palette[:, 1].astype(np.int64) << 8)
+        palette_keys |= encoding.palette[:, 2]
+        known = [int(k) for k in dict.fromkeys(palette_keys.tolist()) if k in set(used.tolist())][:slots]
+    if len(used) <= slots:
+        entries = known + sorted(set(used.tolist()) - set(known))
+    else:
+        if not known:
+            notes.append(f"GIF holds 256 colours: this image has {len(used)}, pixels outside the faces changed")
+        extra = keys[opaque & ~np.isin(keys, known)]
+        free = slots - len(known)
+        picked: list[int] = []
+        if free > 0 and extra.size:
+            pixels = np.stack([(extra >> 16) & 255, (extra >> 8) & 255, extra & 255], axis=1).astype(np.uint8)
+            reduced = PIL.Image.fromarray(pixels[None, :, :]).quantize(free, method=PIL.Image.Quantize.MEDIANCUT)
+            colours = np.asarray(reduced.getpalette("RGB"), dtype=np.int64).reshape(-1, 3)[: len(reduced.getcolors())]
+            picked = [k for k in dict.fromkeys(((colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]).tolist())]
+            picked = [k for k in picked if k not in set(known)][:free]
+        entries = known + picked
+    entry_keys = np.asarray(entries, dtype=np.int64)
+    order = np.argsort(entry_keys)
+    position = np.clip(np.searchsorted(entry_keys[order], keys), 0, len(entries) - 1)
+    indices = order[position]
+    exact = entry_keys[indices] == keys
+    palette_rgb = np.stack([(entry_keys >> 16) & 255, (entry_keys >> 8) & 255, entry_keys & 255], axis=1)
+    inexact = opaque & ~exact
+    if inexact.any():
+        distinct, inverse = np.unique(keys[inexact], return_inverse=True)
+        colours = np.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], axis=1)
+        indices[inexact] = _nearest(colours, palette_rgb)[inverse]
+    if not opaque.all():
+        options = {**options, "transparency": len(entries)}
+        indices[~opaque] = len(entries)
+    out = PIL.Image.fromarray(indices.astype(np.uint8), "P")
+    out.putpalette(palette_rgb.astype(np.uint8).tobytes() + bytes(3 * (256 - len(entries))))
+    buffer = io.BytesIO()
+    out.save(buffer, format="GIF", optimize=False, **options)
+    return buffer.getvalue()
+
+
+def encode_image(
+    image: PIL.Image.Image, fmt: str, metadata: Metadata | None = None, *, notes: list[str] | None = None
+) -> bytes:
+    """Encode a freshly built image; only the metadata passed in is written (none when ``None``).
+
+    Pixel values are kept exactly in PNG, TIFF, BMP, lossless WebP (when the source was lossless
+    WebP), GIF (up to 256 colours; with more, the source palette's colours stay exact) and 16-bit PNG
+    (when the source had 16-bit colour and ``image`` comes from ``load_image`` / ``merge_into_source``,
+    whose :class:`SourceEncoding` it carries). Where they are not, a sentence saying so is appended to
+    ``notes`` (JPEG and lossy WebP at quality 95, 16-bit colour in an 8-bit format, a GIF over 256
+    colours without a source palette), for the report.
+    """
+    notes = [] if notes is None else notes
+    encoding = image.info.get(SOURCE_ENCODING_KEY) or SourceEncoding()
+    options = _metadata_options(fmt, metadata)
+    deep = encoding.deep
+    if deep is not None and (
+        image.mode not in ("RGB", "RGBA")
+        or deep.shape[:2] != (image.height, image.width)
+        or deep.shape[2] != len(image.mode)
+        or not np.array_equal(deep >> 8, np.asarray(image))
+    ):
+        deep = None  # the image was changed after merge_into_source: its 16-bit pixels no longer apply
+    if deep is not None:
+        if fmt == "PNG":
+            return _encode_png16(deep, options)
+        notes.append(f"16-bit colour written at 8 bits per channel ({fmt} holds 8)")
+    if fmt == "GIF":
+        return _encode_gif(image, encoding, options, notes)
+    image = _fit_mode(image, fmt)
     if fmt == "JPEG":
-        options.update(quality=95)
+        options.update(quality=JPEG_QUALITY)
+        notes.append(
+            f"JPEG written at quality {JPEG_QUALITY}: pixels outside the faces are close to, not exactly, their old values"
+        )
+    elif fmt == "WEBP" and encoding.lossless:
+        options.update(lossless=True, exact=True)
     elif fmt == "WEBP":
-        options.update(quality=95)
-    if metadata is not None:
-        if metadata.icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-            options["icc_profile"] = metadata.icc_profile
-        if metadata.exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-            options["exif"] = metadata.exif
-        if metadata.xmp and fmt in ("JPEG", "WEBP", "PNG", "TIFF"):
-            options["xmp"] = metadata.xmp
-        if metadata.comment and fmt in ("JPEG", "GIF"):
-            options["comment"] = metadata.comment
+        options.update(quality=WEBP_QUALITY)
+        notes.append(
+            f"WebP written lossy at quality {WEBP_QUALITY}: pixels outside the faces are close to, not exactly, their old values"
+        )
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
