@@ -199,6 +199,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: 25 for sd21, 4 for tiny")
     parser.add_argument("--size", type=int, default=None, help="crop size; default 512 for sd21, 32 for tiny")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of this process (the single-process runs); Ray's CPU model workers take one each on 2 "
+        "cores (their share of the CPUs, rounded down, at least 1)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="4 photos, 1 worker, 2 steps: every code path")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -212,6 +219,8 @@ def main() -> None:
     import ray
     import ray.cloudpickle
     import torch
+
+    torch.set_num_threads(args.threads)
 
     results: dict = {
         "machine": {

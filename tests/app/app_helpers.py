@@ -20,7 +20,9 @@ from photo.photo_helpers import Placement, compose
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("FACE_ANON_CHROMIUM", "/usr/bin/chromium")
 
-# The test server's settings: small limits so that too-large uploads are cheap to make.
+# The test server's settings: small limits so that too-large uploads are cheap to make. The model's last bits
+# depend on the number of CPU threads: the app and the command line compared with it both use THREADS.
+THREADS = 1
 STEPS = 4
 KEEP_SECONDS = 15
 MAX_UPLOAD_MB = 1
@@ -38,6 +40,8 @@ SERVER_FLAGS = [
     "5",
     "--concurrency",
     "2",
+    "--threads",
+    str(THREADS),
 ]
 
 # Two faces, one in each half of the photo: a job that keeps face 2 may change the left half only.
@@ -123,9 +127,9 @@ def start_app(model_dir: Path, root: Path, log: Path, *flags: str, timeout: floa
 
 
 def run_cli(*args: str) -> None:
-    """``face-anon ARGS`` as its own process, like the app (same threads: a model's last bits depend on them);
-    fails the test unless it exits 0."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    """``face-anon ARGS`` as its own process with the app's number of torch threads (a model's last bits depend
+    on it); fails the test unless it exits 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)}
     done = subprocess.run(
         [sys.executable, "-m", "face_anon", *args, "-q"], cwd=REPO, env=env, capture_output=True, text=True
     )

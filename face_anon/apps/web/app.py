@@ -665,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     add("--dtype", choices=DTYPES, default="auto", help="model dtype (default: float16 on GPU, else float32)")
     add("--concurrency", type=int, default=2, help="jobs run at once on the shared model (default: 2)")
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the model (torch); default: CPU cores / --concurrency, at least 1, so concurrent "
+        "jobs do not fight over the cores",
+    )
     add("--steps", type=int, default=25, help="denoising steps offered first and used by the API (default: 25)")
     add("--max-upload-mb", type=float, default=25.0, help="largest upload in MB (default: 25)")
     add("--max-megapixels", type=float, default=40.0, help="largest photo in megapixels (default: 40)")
@@ -688,6 +695,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     """Check the command line's values; a bad one raises :class:`InputError` naming the flag."""
     checks = {
         "--concurrency": args.concurrency >= 1,
+        "--threads": args.threads is None or args.threads >= 1,
         "--steps": 1 <= args.steps <= 1000 and LIMITS["num_inference_steps"][0](args.steps),
         "--max-upload-mb": args.max_upload_mb > 0,
         "--max-megapixels": args.max_megapixels > 0,
@@ -743,6 +751,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="face-anon-app: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    import torch
+
+    # Jobs run in threads of this one process: more torch threads than cores in all makes every job crawl.
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // config.concurrency))
     demo, app = build_app(config)
     app.store.start_sweeper()
     app.model.start()
