@@ -120,7 +120,22 @@ def iou(a, b) -> float:
 
 # ------------------------------------------------------------------------------------------------ metadata
 
-SECRET = b"JANE-DOE-ORIGINAL"  # text that must never reach an output
+SECRET = b"JANE-DOE-ORIGINAL"  # in every thumbnail built here: text that must never reach an output
+ICC_OWNER = "ICC-OWNER-JANE"  # in the ICC profile's text tags: gone unless --keep-metadata
+
+
+def embedded_pictures(data: bytes) -> list[str]:
+    """The pictures ``data`` (a whole output file) still holds besides its own image, by kind."""
+    found = []
+    if data.find(b"\xff\xd8\xff", 1) >= 0:
+        found.append("JPEG")
+    if b"/9j/" in data:  # base64 of a JPEG's first bytes
+        found.append("base64 JPEG")
+    if b"ffd8ff" in data.lower():
+        found.append("hex JPEG")
+    if SECRET in data:
+        found.append("thumbnail comment")
+    return found
 
 
 def thumbnail_jpeg(rgb: np.ndarray, side: int = 64) -> bytes:
@@ -137,11 +152,60 @@ def segment(marker: int, payload: bytes) -> bytes:
 
 
 def insert_segments(jpeg: bytes, *segments: bytes) -> bytes:
-    """``jpeg`` with ``segments`` right after its SOI (and after Pillow's own JFIF APP0, if any)."""
-    at = 2
-    if jpeg[2:4] == b"\xff\xe0":
-        at = 4 + int.from_bytes(jpeg[4:6], "big")
-    return jpeg[:at] + b"".join(segments) + jpeg[at:]
+    """``jpeg`` with ``segments`` right after its SOI (before Pillow's own JFIF APP0, if any)."""
+    return jpeg[:2] + b"".join(segments) + jpeg[2:]
+
+
+def jpeg_segments(jpeg: bytes) -> list[tuple[int, bytes]]:
+    """(marker, payload) of every segment before the first scan."""
+    out, pos = [], 2
+    while jpeg[pos] == 0xFF and jpeg[pos + 1] != 0xDA:
+        marker, length = jpeg[pos + 1], int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        out.append((marker, jpeg[pos + 4 : pos + 2 + length]))
+        pos += 2 + length
+    return out
+
+
+def jpeg_with_previews(rgb: np.ndarray, *, cmyk: bool = False, icc: bytes | None = None) -> bytes:
+    """A JPEG of ``rgb`` carrying the original picture every way a camera or editor stores it: a JFIF
+    RGB thumbnail and a JFXX JPEG thumbnail (APP0), EXIF with a MakerNote preview and an IFD1 thumbnail
+    (APP1), XMP thumbnails (APP1), a FlashPix and an MPF preview (APP2), a Kodak-style APP3 preview and
+    a Photoshop thumbnail (APP13); plus GPS, a title and a comment that ``--keep-metadata`` keeps."""
+    buffer = io.BytesIO()
+    image = PIL.Image.fromarray(rgb)
+    image = image.convert("CMYK") if cmyk else image
+    options = {"icc_profile": icc} if icc else {}
+    image.save(buffer, "JPEG", quality=92, exif=exif_with_previews(rgb), comment=b"a kept comment", **options)
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00" + xmp_with_thumbnails(rgb)
+    preview = thumbnail_jpeg(rgb, 120)
+    return insert_segments(
+        buffer.getvalue(),
+        jfif_with_thumbnail(rgb),
+        jfxx_with_thumbnail(rgb),
+        segment(0xE1, xmp),
+        segment(0xE2, b"FPXR\x00\x00\x02" + preview[:60000]),
+        segment(0xE2, b"MPF\x00MM\x00*" + preview[:60000]),
+        segment(0xE3, b"META\x00\x00" + preview[:60000]),
+        photoshop_with_thumbnail(rgb),
+    )
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """The chunk types of a PNG file, in order."""
+    kinds, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kinds.append(data[pos + 4 : pos + 8])
+        pos += 12 + length
+    return kinds
+
+
+def add_png_chunk(data: bytes, kind: bytes, payload: bytes) -> bytes:
+    """``data`` (a PNG) with one more chunk right after IHDR."""
+    import zlib
+
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return data[:33] + chunk + data[33:]
 
 
 def jfif_with_thumbnail(rgb: np.ndarray, side: int = 16) -> bytes:
@@ -222,10 +286,10 @@ def icc_with_text() -> bytes:
         utf16 = text.encode("utf-16-be")
         return b"mluc" + bytes(4) + struct.pack(">II", 1, 12) + b"enUS" + struct.pack(">II", len(utf16), 28) + utf16
 
-    blocks[b"desc"] = mluc("Display of " + SECRET.decode())
-    blocks[b"cprt"] = mluc("Copyright " + SECRET.decode())
-    blocks[b"dmnd"] = mluc("Maker " + SECRET.decode())
-    blocks[b"dmdd"] = mluc("Model " + SECRET.decode())
+    blocks[b"desc"] = mluc("Display of " + ICC_OWNER)
+    blocks[b"cprt"] = mluc("Copyright " + ICC_OWNER)
+    blocks[b"dmnd"] = mluc("Maker " + ICC_OWNER)
+    blocks[b"dmdd"] = mluc("Model " + ICC_OWNER)
     header = bytearray(profile[:128])
     header[48:52] = b"JANE"  # device manufacturer
     table, body = b"", b""
