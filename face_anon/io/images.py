@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+import PIL.PngImagePlugin
 
 from ..errors import ImageLoadError
-from .metadata import EXIF_ORIENTATION, clean_exif, clean_icc, clean_xmp
+from .metadata import EXIF_ORIENTATION, clean_exif, clean_icc, clean_xmp, load_exif
 
 
 # Pillow's format names for the extensions we write, and the extensions a folder scan picks up.
@@ -497,6 +498,14 @@ def encode_image(
         notes.append(
             f"WebP written lossy at quality {WEBP_QUALITY}: pixels outside the faces are close to, not exactly, their old values"
         )
+    if "xmp" in options and fmt == "PNG":  # Pillow writes XMP to PNG and TIFF only when told how
+        info = PIL.PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", options.pop("xmp").decode("utf-8", "replace"), zip=False)
+        options["pnginfo"] = info
+    elif "xmp" in options and fmt == "TIFF":  # as tag 700 (XMLPacket) of the EXIF Pillow merges into the IFD
+        exif = load_exif(options["exif"]) if "exif" in options else PIL.Image.Exif()
+        exif[700] = options.pop("xmp")
+        options["exif"] = exif.tobytes()
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()

@@ -82,24 +82,37 @@ def _clean_ifd(ifd) -> None:
             del ifd[tag]
 
 
+def _kept(ifd: dict) -> dict:
+    return {tag: value for tag, value in ifd.items() if tag not in _EXIF_DROPPED and not _may_hold_image(value)}
+
+
 def clean_exif(exif: PIL.Image.Exif) -> bytes | None:
     """EXIF to keep with ``--keep-metadata``: ``b"Exif\\0\\0"`` + TIFF data, or None when nothing is left.
 
-    Keeps IFD0 and the Exif, GPS and interoperability IFDs, less the orientation (outputs are
-    written upright) and everything :data:`_EXIF_DROPPED` or :func:`_may_hold_image` names; never the
-    IFD1 thumbnail. Edits ``exif`` in place.
+    A new EXIF block with IFD0 and the Exif, GPS and interoperability IFDs, less the orientation
+    (outputs are written upright) and everything :data:`_EXIF_DROPPED` or :func:`_may_hold_image`
+    names; never the IFD1 thumbnail (built anew, so nothing Pillow cached of ``exif`` comes along).
     """
-    exif.pop(EXIF_ORIENTATION, None)
-    _clean_ifd(exif)
-    for pointer in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
-        if pointer in exif:
-            sub = exif.get_ifd(pointer)  # Pillow caches it; tobytes writes the cached, cleaned one
-            _clean_ifd(sub)
-            if pointer == ExifTags.IFD.Exif and ExifTags.IFD.Interop in sub:
-                _clean_ifd(exif.get_ifd(ExifTags.IFD.Interop))
-    if not len(exif):
+    pointers = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
+    out = PIL.Image.Exif()
+    for tag, value in _kept({t: v for t, v in exif.items() if t not in pointers and t != EXIF_ORIENTATION}).items():
+        out[tag] = value
+    for pointer in pointers:
+        if pointer not in exif:
+            continue
+        sub = _kept({t: v for t, v in exif.get_ifd(pointer).items() if t != ExifTags.IFD.Interop})
+        if pointer == ExifTags.IFD.Exif:
+            try:
+                interop = _kept(exif.get_ifd(ExifTags.IFD.Interop))
+            except KeyError:  # Pillow's way of saying there is none
+                interop = {}
+            if interop:
+                sub[ExifTags.IFD.Interop] = interop
+        if sub:
+            out.get_ifd(pointer).update(sub)  # a new Exif caches sub-IFDs here, and tobytes writes them
+    if not len(out) and not any(out.get_ifd(pointer) for pointer in pointers):
         return None
-    return exif.tobytes()
+    return out.tobytes()
 
 
 def load_exif(data: bytes) -> PIL.Image.Exif:
@@ -172,23 +185,22 @@ def clean_xmp(packet: bytes) -> bytes | None:
         scope.update({key[6:]: value for key, value in attributes.items() if key.startswith("xmlns:")})
         scopes.append(scope)
         begin = parser.CurrentByteIndex
-        stack.append({"begin": begin, "drop": dropped(name), "text": []})
+        tag_end = _tag_end(packet, begin)
+        empty = packet[tag_end - 2 : tag_end] == b"/>"
+        stack.append({"begin": begin, "end": tag_end if empty else None, "drop": dropped(name), "text": []})
         bad = [key for key, value in attributes.items() if dropped(key) or _is_base64_blob(value.encode())]
-        if bad:
-            tag = packet[begin : _tag_end(packet, begin)]
-            for key in bad:
-                pattern = rb"\s+" + re.escape(key.encode()) + rb"\s*=\s*(?:\"[^\"]*\"|'[^']*')"
-                for match in re.finditer(pattern, tag):
-                    cuts.append((begin + match.start(), begin + match.end()))
+        for key in bad:
+            pattern = rb"\s+" + re.escape(key.encode()) + rb"\s*=\s*(?:\"[^\"]*\"|'[^']*')"
+            for match in re.finditer(pattern, packet[begin:tag_end]):
+                cuts.append((begin + match.start(), begin + match.end()))
 
     def end(name):
         element = stack.pop()
         scopes.pop()
         text = "".join(element["text"]).encode()
         if element["drop"] or _is_base64_blob(text):
-            here = parser.CurrentByteIndex
-            # An empty element (<a/>) ends where it starts; otherwise ``here`` is the end tag's "</".
-            cuts.append((element["begin"], _tag_end(packet, here)))
+            # An empty element (<a/>) ends with its start tag; otherwise the parser is at the end tag's "</".
+            cuts.append((element["begin"], element["end"] or _tag_end(packet, parser.CurrentByteIndex)))
 
     def characters(data):
         if stack:

@@ -71,3 +71,14 @@ def test_the_assembled_space_runs_the_packages_app_from_its_own_files(tmp_path):
     assert probe.stdout.strip() == str(target / "face_anon" / "__init__.py")  # the uploaded copy, not an install
     helped = subprocess.run([sys.executable, "app.py", "--help"], cwd=target, env=env, capture_output=True, text=True)
     assert helped.returncode == 0 and "face-anon-app" in helped.stdout
+
+
+def test_face_anon_app_is_the_packages_app_and_gradio_an_extra():
+    from face_anon.apps import web
+
+    scripts = dict(
+        line.split(" = ") for line in setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    module, function = scripts["face-anon-app"].split(":")
+    assert getattr(__import__(module, fromlist=[function]), function) is web.main
+    assert "gradio" not in setup_cfg()["options"]["install_requires"]  # only with the app extra

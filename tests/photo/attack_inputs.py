@@ -291,6 +291,7 @@ def icc_with_text() -> bytes:
     blocks[b"dmnd"] = mluc("Maker " + ICC_OWNER)
     blocks[b"dmdd"] = mluc("Model " + ICC_OWNER)
     header = bytearray(profile[:128])
+    header[24:36] = struct.pack(">6H", 2024, 6, 1, 12, 0, 0)  # a fixed creation date (lcms writes "now")
     header[48:52] = b"JANE"  # device manufacturer
     table, body = b"", b""
     start = 128 + 4 + 12 * len(blocks)

@@ -458,10 +458,8 @@ class WebApp:
         on_error_choices = [(ON_ERROR_LABELS[choice], choice) for choice in reversed(ON_ERROR_CHOICES)]
         keep = duration_text(config.keep_seconds).replace("about ", "")
 
-        def settings(prefix: str):
-            mode = gr.Radio(
-                modes, value="anonymize", label="What to do with the ticked faces", elem_id=f"{prefix}-mode"
-            )
+        def settings(prefix: str, faces: str):
+            mode = gr.Radio(modes, value="anonymize", label=f"What to do with {faces}", elem_id=f"{prefix}-mode")
             with gr.Accordion("Settings", open=False):
                 degree = gr.Slider(
                     0.05,
@@ -520,7 +518,7 @@ class WebApp:
                             visible=False,
                             elem_id="faces-list",
                         )
-                        mode, degree, steps, seed = settings("photo")
+                        mode, degree, steps, seed = settings("photo", "the ticked faces")
                         with gr.Accordion("If a face cannot be anonymized", open=False):
                             on_error = gr.Radio(
                                 on_error_choices, value="redact", show_label=False, elem_id="photo-on-error"
@@ -580,7 +578,7 @@ class WebApp:
                             file_types=sorted(VIDEO_EXTENSIONS),
                             elem_id="video-upload",
                         )
-                        v_mode, v_degree, v_steps, v_seed = settings("video")
+                        v_mode, v_degree, v_steps, v_seed = settings("video", "every face")
                         v_run = gr.Button("Anonymize the video", variant="primary", elem_id="video-run")
                     with gr.Column():
                         v_status = gr.Markdown(elem_id="video-status")
