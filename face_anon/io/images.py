@@ -24,7 +24,7 @@ import PIL.ImageOps
 import PIL.PngImagePlugin
 
 from ..errors import ImageLoadError
-from .metadata import EXIF_ORIENTATION, clean_exif, clean_icc, clean_xmp, load_exif
+from .metadata import EXIF_ORIENTATION, clean_exif, clean_icc, clean_xmp, load_exif, may_hold_image
 
 
 # Pillow's format names for the extensions we write, and the extensions a folder scan picks up.
@@ -153,6 +153,8 @@ def _metadata(image: PIL.Image.Image, notes: list[str]) -> Metadata:
     comment = info.get("comment")
     if isinstance(comment, str):
         comment = comment.encode("utf-8")
+    if comment and may_hold_image(comment):
+        comment = None
     icc = info.get("icc_profile") or None
     cleaned_icc = clean_icc(icc) if icc else None
     if icc and cleaned_icc is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .metadata import clean_exif, clean_icc, clean_xmp, load_exif
+from .metadata import clean_exif, clean_icc, clean_xmp, load_exif, may_hold_image
 
 
 _JFIF = b"JFIF\x00"
@@ -65,7 +65,8 @@ def strip_jpeg(data: bytes, *, keep_metadata: bool = False) -> bytes:
     one only); the ICC profile (APP2), cleaned of its text unless ``keep_metadata`` (see
     :func:`~face_anon.io.metadata.clean_icc`); Adobe APP14 (colour transform of CMYK and YCCK files).
     Kept with ``keep_metadata``: EXIF and standard XMP (APP1), cleaned of embedded images (IFD1
-    thumbnail, MakerNote, XMP thumbnails; see :mod:`face_anon.io.metadata`), and COM comments.
+    thumbnail, MakerNote, XMP thumbnails; see :mod:`face_anon.io.metadata`), and COM comments (unless
+    large or holding an image).
     Dropped always: JFXX and other APP0 (thumbnails), MPF and FlashPix APP2 (more pictures), extended
     XMP, APP3..APP13 and APP15 (vendor previews, Photoshop thumbnails, IPTC), APP14 other than Adobe,
     and everything after the first EOI (further pictures, depth maps, motion-photo videos).
@@ -135,7 +136,7 @@ def strip_jpeg(data: bytes, *, keep_metadata: bool = False) -> bytes:
         elif 0xE3 <= marker <= 0xEF:
             pass
         elif marker == 0xFE:
-            if keep_metadata:
+            if keep_metadata and not may_hold_image(payload):
                 out += segment
         else:  # frame, tables, restart interval, ...: what decodes the image
             out += segment

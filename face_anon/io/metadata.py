@@ -16,6 +16,8 @@ image and every opaque block that may hold one:
   and to motion-photo data (which are not copied), and any property or attribute that is a long
   base64 run. A packet that does not parse is dropped whole.
 - ICC (:func:`clean_icc`): see there; with ``--keep-metadata`` the original profile is kept.
+- Comments (JPEG COM, GIF): kept unless over 4 kB or holding an image. Photoshop / IPTC blocks (JPEG
+  APP13), vendor segments and PNG text chunks other than XMP are never kept.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _is_base64_blob(text: bytes) -> bool:
     return len(compact) >= 256 and all(c in _BASE64_CHARS for c in compact)
 
 
-def _may_hold_image(value) -> bool:
+def may_hold_image(value) -> bool:
     """A value big or opaque enough to hide a picture: over 4 kB, an image signature, long base64."""
     if isinstance(value, str):
         value = value.encode("utf-8", "replace")
@@ -76,21 +78,15 @@ def _may_hold_image(value) -> bool:
     return any(_is_base64_blob(run.group()) for run in _BASE64_RUN.finditer(value))
 
 
-def _clean_ifd(ifd) -> None:
-    for tag in list(ifd):
-        if tag in _EXIF_DROPPED or _may_hold_image(ifd[tag]):
-            del ifd[tag]
-
-
 def _kept(ifd: dict) -> dict:
-    return {tag: value for tag, value in ifd.items() if tag not in _EXIF_DROPPED and not _may_hold_image(value)}
+    return {tag: value for tag, value in ifd.items() if tag not in _EXIF_DROPPED and not may_hold_image(value)}
 
 
 def clean_exif(exif: PIL.Image.Exif) -> bytes | None:
     """EXIF to keep with ``--keep-metadata``: ``b"Exif\\0\\0"`` + TIFF data, or None when nothing is left.
 
     A new EXIF block with IFD0 and the Exif, GPS and interoperability IFDs, less the orientation
-    (outputs are written upright) and everything :data:`_EXIF_DROPPED` or :func:`_may_hold_image`
+    (outputs are written upright) and everything :data:`_EXIF_DROPPED` or :func:`may_hold_image`
     names; never the IFD1 thumbnail (built anew, so nothing Pillow cached of ``exif`` comes along).
     """
     pointers = (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo)
