@@ -102,22 +102,24 @@ class RobustDetector:
     Passes, each on every view (the image, plus two low-pass copies when it looks dithered):
 
     1. ``base`` on the view as it is (for the image itself: exactly the wrapped detector's result);
-    2. ``border``: the view with a mirrored margin of ``border_margin`` times its shorter side on every
-       side, for faces cut by the border;
-    3. ``border``: the view with a mirrored margin of half its longer side, at half size (at least
-       1024 px on the long side), for large faces cut by the border and faces larger than the image.
+    2. ``border``: the view with a mirrored margin of :data:`NARROW_MARGIN` px on every side, for small
+       faces cut by the border;
+    3. ``border``: the view with a mirrored margin of half its longer side (at most its shorter side,
+       at least 320 px), at half size (no less than :data:`WIDE_MIN_SIDE` px on the long side), for large
+       faces cut by the border and close-ups of part of a face.
 
-    Faces are merged by non-maximum suppression, faces of the first pass first. A face seen mostly in
-    the margin must still have ``min_visible`` of its box inside the image; a face that is only the
-    mirror image of another one in the margin is dropped. Boxes are clipped to the image; landmarks
-    may lie outside it (the orchestration covers the visible part).
+    Faces are merged by non-maximum suppression, faces of the first pass first. A face found in a
+    margin must still have ``min_visible`` of its box inside the image; a face that is the mirror image
+    of another one across the border is dropped. Boxes are clipped to the image; landmarks may lie
+    outside it. A face less than half inside is seen together with its mirror image, so its landmarks
+    and crop are those of that symmetric face (``crop_face`` mirrors the same way): what is pasted back
+    covers the visible part.
 
     Args:
         base: the detector to run (e.g. :class:`~face_anon.detection.centerface.CenterFaceDetector`).
             Its ``max_side``, if it has one, is the size the views are made at.
         border: run passes 2 and 3.
         dither: look for dithered images and detect on low-pass copies of them.
-        border_margin: the margin of pass 2, as a fraction of the shorter side (at least 16 px).
         min_visible: least fraction of a face's box inside the image for a face found in a margin.
         dither_threshold: :func:`dither_energy` above which an image counts as dithered.
         nms_threshold: faces of different passes overlapping by more than this IoU are one face.
@@ -129,13 +131,10 @@ class RobustDetector:
         *,
         border: bool = True,
         dither: bool = True,
-        border_margin: float = 0.1,
         min_visible: float = 0.15,
         dither_threshold: float = 24.0,
         nms_threshold: float = 0.3,
     ) -> None:
-        if not 0.0 < border_margin <= 1.0:
-            raise ValueError(f"border_margin: got {border_margin!r}, expected a fraction in (0, 1]")
         if not 0.0 < min_visible <= 1.0:
             raise ValueError(f"min_visible: got {min_visible!r}, expected a fraction in (0, 1]")
         if not dither_threshold > 0:
@@ -145,7 +144,6 @@ class RobustDetector:
         self.base = base
         self.border = bool(border)
         self.dither = bool(dither)
-        self.border_margin = float(border_margin)
         self.min_visible = float(min_visible)
         self.dither_threshold = float(dither_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -202,8 +200,9 @@ class RobustDetector:
         return self._run(mirror_pad(view, NARROW_MARGIN), scale, offset=(NARROW_MARGIN, NARROW_MARGIN), mirrored=True)
 
     def _wide_margin(self, view: np.ndarray, scale: float) -> list[_Candidate]:
-        """Pass 3: large faces cut by the border and faces larger than the image, at half size with a
-        mirrored margin of half the longer side (no smaller than 640 px on the long side)."""
+        """Pass 3: large faces cut by the border and close-ups, at half size (no less than ``WIDE_MIN_SIDE``
+        on the long side) with a mirrored margin of half the longer side, capped at the shorter side for
+        elongated views of more than ``WIDE_MIN_SIDE`` px (a panorama would cost too much)."""
         long, short = max(view.shape[:2]), min(view.shape[:2])
         margin = max(min(long // 2, short), min(long // 2, WIDE_MIN_SIDE // 2))
         padded = mirror_pad(view, margin)
