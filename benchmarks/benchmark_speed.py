@@ -276,25 +276,33 @@ def time_unet_steps(pipe, inputs, variants: dict, warmup: int, rounds: int, repe
 
     Rounds interleave the variants (so a change in the machine's load hits all of them alike); a round installs a
     variant (reference keys and values are projected then, outside the timing), warms up, and times `repeats`
-    back-to-back steps, as the denoising loop runs them. Reports the fastest round and the median round.
+    back-to-back steps, as the denoising loop runs them. Reports the fastest round and the median round; on the
+    CPU also the process's CPU time per step (`cpu_ms`, fastest round), which other jobs on the machine do not
+    inflate when torch runs one thread (`--threads 1`).
     """
     device, unet = pipe._execution_device, pipe.unet
-    times = {name: [] for name in variants}
+    times, cpu_times = {name: [] for name in variants}, {name: [] for name in variants}
     with context() if context else contextlib.nullcontext():
         for round_ in range(rounds):
             for name, install in variants.items():
                 attention_kwargs = install(unet, inputs["states"])
                 for _ in range(warmup if round_ == 0 else 1):
                     unet_step(unet, inputs, attention_kwargs)
+                cpu_start = time.process_time()
                 seconds, _ = wall_time(
                     lambda kwargs=attention_kwargs: [unet_step(unet, inputs, kwargs) for _ in range(repeats)], device
                 )
                 times[name].append(seconds / repeats)
+                cpu_times[name].append((time.process_time() - cpu_start) / repeats)
                 del attention_kwargs
-    return {
+    results = {
         name: {"ms": 1e3 * min(t), "ms_median": 1e3 * statistics.median(t), "ms_rounds": [1e3 * x for x in t]}
         for name, t in times.items()
     }
+    if device.type == "cpu":
+        for name, t in cpu_times.items():
+            results[name]["cpu_ms"] = 1e3 * min(t)
+    return results
 
 
 def step_flops(pipe, size: int, shapes: dict) -> dict:
@@ -673,6 +681,12 @@ def print_table(results: dict) -> None:
             f"{a['seconds_per_face'] if a else float('nan'):.3f} | {ours['seconds_per_face'] if ours else float('nan'):.3f} | "
             f"{ours['faces_per_second'] if ours else float('nan'):.2f} | {peak if peak else float('nan'):.1f} |"
         )
+    for step in steps.values():
+        if "cpu_ratio" in step:
+            print(
+                f"UNet step, {step['faces']} face(s), CPU time ({env['cpu_threads']} thread(s)): reference "
+                f"{step['reference']['cpu_ms']:.1f} ms, ours {step['ours']['cpu_ms']:.1f} ms, ratio {step['cpu_ratio']:.2f}"
+            )
     compiled = results.get("compiled")
     if compiled and "step" in compiled:
         c = compiled
@@ -705,6 +719,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--compile-faces", type=int, help="faces for the compiled run (default: the largest)")
     parser.add_argument("--compile-mode", default=None)
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 for --small on a busy machine)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
@@ -717,6 +734,8 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--json", type=Path, help="write all results here (rewritten after every section)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     preset_name = "dry-run" if args.dry_run else "small" if args.small else "sd21"
     preset = PRESETS[preset_name]
@@ -780,6 +799,8 @@ def main(argv=None) -> dict:
                 timing = dict(faces=faces, unet_batch=2 * faces)
                 timing.update(time_unet_steps(pipe, inputs, variants, args.warmup, args.rounds, args.repeats))
                 timing["ratio"] = timing["ours"]["ms"] / timing["reference"]["ms"]
+                if device.type == "cpu":
+                    timing["cpu_ratio"] = timing["ours"]["cpu_ms"] / timing["reference"]["cpu_ms"]
                 for name in ("reference", "ours"):
                     flops = results.get("flops_per_face_step", {}).get(name)
                     if flops:

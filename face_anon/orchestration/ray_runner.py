@@ -72,7 +72,7 @@ from ..io.files import (
 from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, load_image
 from ..io.video import VIDEO_EXTENSIONS, is_video_path
 from ..replacers.base import ACTIONS, FaceAction, FaceReplacer
-from .batch import FileRun, OpenedFile, engine_settings, finish_files, open_file
+from .batch import FileRun, OpenedFile, _describe, engine_settings, finish_files, open_file
 from .options import AnonymizeOptions
 from .photo import anonymize_photos, make_replacer
 from .report import FileReport, Status, assemble_report
@@ -486,6 +486,13 @@ def _named(report: FileReport, source: str, staged: str | None) -> FileReport:
     )
 
 
+def _failed(source: str, job: FileJob, opened: Any, error: BaseException) -> FileReport:
+    """The error row ``finish_files`` writes for a photo whose faces could not be replaced (nothing written)."""
+    notes = tuple(opened.loaded.notes) if isinstance(opened, OpenedFile) else ()
+    name = source if is_uri(source) else job.input
+    return FileReport(input=name, status=Status.ERROR, error=_describe("cannot anonymize", error), notes=notes)
+
+
 @contextlib.contextmanager
 def _local_copy(data: bytes) -> Iterator[Path]:
     """A path that reads ``data``: an anonymous memory file on Linux (nothing reaches a disk, nothing is
@@ -624,15 +631,19 @@ class OpenStage:
         if isinstance(opened, FileReport):
             return number, _FINAL, opened
         options, image = self.run.options, opened.loaded.rgb
-        plans = plan_crops(
-            image,
-            opened.faces,
-            options,
-            crop_size=self.spec.crop_size,
-            eye_scale=self.detector.eye_scale,
-            decisions=opened.decisions,
-        )
-        layers = crop_layers(plans)
+        try:
+            plans = plan_crops(
+                image,
+                opened.faces,
+                options,
+                crop_size=self.spec.crop_size,
+                eye_scale=self.detector.eye_scale,
+                decisions=opened.decisions,
+            )
+            layers = crop_layers(plans)
+            crops = tuple((crop.seed, crop.pixels) for crop in cut_crops(image, layers[0])) if len(layers) == 1 else ()
+        except Exception as error:  # noqa: BLE001 - as in finish_files: this file's error row
+            return number, _FINAL, _failed(source, job, opened, error)
         photo = _Photo(
             source=source,
             job=job,
@@ -641,7 +652,7 @@ class OpenStage:
             faces=opened.faces,
             decisions=opened.decisions,
             data=data,
-            crops=tuple((crop.seed, crop.pixels) for crop in cut_crops(image, layers[0])) if len(layers) == 1 else (),
+            crops=crops,
             image=image if len(layers) > 1 else None,
         )
         return number, _PHOTO, photo
@@ -743,14 +754,20 @@ class ReplaceStage:
                 out.append((number, kind, item))
             elif item.image is not None:
                 recorder = _Recorder(self.replacer())
-                anonymize_photos(
-                    [item.image],
-                    detector=self.detector(),
-                    options=options,
-                    faces=[item.faces],
-                    decisions=[item.decisions],
-                    replacer=recorder,
-                )
+                try:
+                    anonymize_photos(
+                        [item.image],
+                        detector=self.detector(),
+                        options=options,
+                        faces=[item.faces],
+                        decisions=[item.decisions],
+                        replacer=recorder,
+                    )
+                except ModelLoadError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - as in finish_files: this file's error row
+                    out.append((number, _FINAL, _failed(item.source, item.job, item, error)))
+                    continue
                 out.append((number, kind, dataclasses.replace(item, image=None, records=recorder.records)))
             else:
                 keys = [(int(seed), _digest(pixels)) for seed, pixels in item.crops]
