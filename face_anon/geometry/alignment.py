@@ -182,6 +182,9 @@ def refine_landmarks(
     "Whole photos"). Returns the refined (5, 2) landmarks in image coordinates, or None when no run
     found the face again (a neighbour's face, more than a quarter of the crop away, does not count).
     """
+    # A crop holds one whole, upright face: the wrapped detector's single pass is enough (a
+    # RobustDetector's border and dither passes would multiply the cost about seven times here).
+    detector = getattr(detector, "base", detector)
     working = max(sizes)
     rough = ffhq_alignment(landmarks, working)
     crop = crop_face(image, rough)
