@@ -31,6 +31,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from diffusers import UNet2DConditionModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
@@ -129,6 +130,8 @@ def convert(
     verify_steps: int = 2,
     verify_size: int | None = None,
     verify_atol: float | None = None,
+    examples: Sequence[str | os.PathLike] = (),
+    examples_steps: int = 25,
     **hub_kwargs: Any,
 ) -> ConversionResult:
     """Writes the three source repositories as one verified diffusers repository at `output_dir`.
@@ -145,6 +148,7 @@ def convert(
             `original_checkpoint.trained_sample_size` (64, i.e. 512 px, for SD 2.1's architecture).
         repo_id: the Hub id the model card's usage snippet names (defaults to the folder's name).
         device, verify_steps, verify_size, verify_atol: the fresh-process check (see `verify_repository`).
+        examples, examples_steps: photos for the model card's gallery (see `render_examples`), and its steps.
         hub_kwargs: `cache_dir`, `token`, `local_files_only`, passed to every download.
 
     Raises:
@@ -187,7 +191,14 @@ def convert(
             sources=_provenance(sources, source_files),
             verification=verification,
         )
-        write_model_card(work_dir, sources, result, repo_id=repo_id or output_dir.name)
+        widget = None
+        if examples:
+            logger.info("rendering the model card's gallery from %d photos", len(examples))
+            widget = render_examples(
+                work_dir, examples, dtype=dtype, variant=variant, device=device, steps=examples_steps
+            )
+            result.files.update({path: sha256(work_dir / path) for path in relative_files(work_dir)})
+        write_model_card(work_dir, sources, result, repo_id=repo_id or output_dir.name, widget=widget)
         result.files["README.md"] = sha256(work_dir / "README.md")
         _move_into_place(work_dir, output_dir)
         result.output_dir = output_dir
@@ -541,6 +552,27 @@ def usage_example(repo_id: str, load_kwargs: str = ", torch_dtype=torch.float16"
     return code.replace(loaded, f'"{repo_id}", trust_remote_code=True{load_kwargs}')
 
 
+def render_examples(
+    repo_dir: Path,
+    photos: Sequence[str | os.PathLike],
+    *,
+    dtype: torch.dtype,
+    variant: str | None,
+    device: str | None,
+    steps: int,
+) -> list[dict[str, Any]]:
+    """The model card's gallery: each photo anonymized whole by the written repository, loaded as users load it,
+    and the before/after pair written into `repo_dir/examples/`; the card's `widget` entries
+    (`face_anon.apps.gallery.render_gallery`)."""
+    from face_anon import AnonymizeOptions
+    from face_anon.apps.gallery import render_gallery
+
+    pipe = DiffusionPipeline.from_pretrained(repo_dir, trust_remote_code=True, dtype=dtype, variant=variant)
+    pipe = pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    return render_gallery(pipe, photos, repo_dir, options=AnonymizeOptions(num_inference_steps=steps))
+
+
 def model_card_template() -> Path:
     """The model card's template file (`templates/model_card.md`)."""
     for folder in _TEMPLATE_FOLDERS:
@@ -550,7 +582,12 @@ def model_card_template() -> Path:
 
 
 def write_model_card(
-    repo_dir: str | os.PathLike, sources: OriginalSources, result: ConversionResult, *, repo_id: str
+    repo_dir: str | os.PathLike,
+    sources: OriginalSources,
+    result: ConversionResult,
+    *,
+    repo_id: str,
+    widget: list[dict[str, Any]] | None = None,
 ) -> ModelCard:
     """`README.md` from `templates/model_card.md`, rendered with `huggingface_hub.ModelCard`: metadata, usage,
     resolution, components (as `model_index.json` names them), provenance with checksums, licence and citation.
@@ -563,6 +600,7 @@ def write_model_card(
         license=LICENSE,
         base_model=[source.hub_id for source in roles.values()],
         tags=["face-anonymization", "face-swapping", "privacy", "referencenet", "stable-diffusion", "arxiv:2411.00762"],
+        widget=widget,  # the gallery: before/after pairs (`--examples`)
     )
     index = json.loads((repo_dir / "model_index.json").read_text())
     components = [
@@ -612,7 +650,7 @@ def write_model_card(
     path = repo_dir / "README.md"
     card.save(path)
     parsed = ModelCard.load(path)
-    for key in ("library_name", "pipeline_tag", "license", "base_model", "tags"):
+    for key in ("library_name", "pipeline_tag", "license", "base_model", "tags") + (("widget",) if widget else ()):
         if getattr(parsed.data, key) != getattr(card_data, key):
             raise ConversionError(
                 f"the model card's metadata does not parse back: {key}={getattr(parsed.data, key)!r}."
@@ -767,6 +805,15 @@ def build_parser() -> argparse.ArgumentParser:
         "architecture; the source's value for others)",
     )
     output.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="photos for the model card's gallery: each is anonymized by the converted model and the "
+        "before/after pair is written into examples/, listed as widget entries in the card",
+    )
+    output.add_argument(
+        "--examples-steps", type=int, default=25, help="denoising steps of the gallery's photos (default: 25)"
+    )
+    output.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing --output-dir (a previous conversion), once the new one is verified",
@@ -818,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("pass --output-dir to convert, or --verify-only DIR to check a converted repository.")
     if args.verify_only is not None and args.push_to_hub:
         parser.error("--push-to-hub uploads a conversion; it does not combine with --verify-only.")
-    for flag in ("sample_size", "verify_steps", "verify_size"):
+    for flag in ("sample_size", "verify_steps", "verify_size", "examples_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}.")
     try:
@@ -826,6 +873,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     hub_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    examples = []
+    if args.examples is not None:
+        from face_anon.apps.gallery import gallery_photos
+
+        try:
+            examples = gallery_photos(args.examples)
+        except ValueError as error:
+            parser.error(str(error))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
@@ -876,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
             verify_steps=args.verify_steps,
             verify_size=args.verify_size,
             verify_atol=args.verify_atol,
+            examples=examples,
+            examples_steps=args.examples_steps,
             **written,
         )
     except ConversionError as error:

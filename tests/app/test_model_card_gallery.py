@@ -60,3 +60,37 @@ def test_a_photo_without_a_face_is_refused_by_name(tiny_pipeline, tmp_path):
     empty = save(np.full((120, 160, 3), 90, np.uint8), tmp_path / "wall.png")
     with pytest.raises(InputError, match="wall.png' cannot be shown in the gallery: no face was found"):
         render_gallery(tiny_pipeline, [empty], tmp_path / "repo", options=AnonymizeOptions(num_inference_steps=2))
+
+
+def test_convert_weights_examples_puts_the_gallery_in_the_repository_and_its_card(fixture_dir, examples, tmp_path):
+    from huggingface_hub import ModelCard
+
+    import convert_weights
+
+    out = tmp_path / "converted"
+    sources = ["--face-model", str(fixture_dir / "face_model"), "--sd-model", str(fixture_dir / "sd")]
+    sources += ["--clip-model", str(fixture_dir / "clip")]
+    status = convert_weights.main(
+        [*sources, "--output-dir", str(out), "--examples", str(examples), "--examples-steps", "2"]
+    )
+    assert status == 0
+    widget = ModelCard.load(out / "README.md").data.widget
+    assert widget == [
+        {"src": "examples/astronaut.jpg", "output": {"url": "examples/astronaut_anonymized.jpg"}},
+        {"src": "examples/two_people.jpg", "output": {"url": "examples/two_people_anonymized.jpg"}},
+    ]
+    for entry in widget:
+        before, after = decode(out / entry["src"]), decode(out / entry["output"]["url"])
+        assert before.shape == after.shape and np.abs(before.astype(int) - after).mean() > 1  # faces replaced
+    # The gallery is part of what was verified and would be uploaded.
+    assert {"examples/astronaut.jpg", "examples/two_people_anonymized.jpg"} <= set(convert_weights.relative_files(out))
+
+
+def test_convert_weights_refuses_an_examples_folder_without_photos(tmp_path, capsys):
+    import convert_weights
+
+    (tmp_path / "none").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        convert_weights.main(["--output-dir", str(tmp_path / "out"), "--examples", str(tmp_path / "none")])
+    assert exit_.value.code == 2 and "--examples" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
