@@ -35,6 +35,11 @@ LOWPASS_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.5, 6.0)
 # border; larger ones are pass 3's, which sees the image at half size (faces from about 50 px).
 NARROW_MARGIN = 48
 WIDE_MIN_SIDE = 640  # pass 3 never shrinks the image below this long side
+# Least longer side, in working-image pixels, of a face whose box crosses two adjacent borders. Where two
+# mirrored margins meet, the corner is seen four times, and small textures there can look like a face
+# (a 19 x 23 px "face" in the black corner of ``skimage.data.astronaut()``); a real face that size, cut
+# on two sides, shows too little to identify. Faces of 46 px and more cut at corners are still found.
+CORNER_MIN_SIDE = 32
 
 
 def mirror_pad(image: np.ndarray, margin: int) -> np.ndarray:
@@ -110,7 +115,8 @@ class RobustDetector:
 
     Faces are merged by non-maximum suppression, faces of the first pass first. A face found in a
     margin must still have ``min_visible`` of its box inside the image; a face that is the mirror image
-    of another one across the border is dropped. Boxes are clipped to the image; landmarks may lie
+    of another one across the border is dropped, and so is one cut by two adjacent borders that is
+    smaller than :data:`CORNER_MIN_SIDE`. Boxes are clipped to the image; landmarks may lie
     outside it. A face less than half inside is seen together with its mirror image, so its landmarks
     and crop are those of that symmetric face (``crop_face`` mirrors the same way): what is pasted back
     covers the visible part.
@@ -165,7 +171,7 @@ class RobustDetector:
             for face in self.base.detect(image)
         ]
         if not (self.border or self.dither) or min(height, width) < 2:
-            return self._merge(candidates, width, height)
+            return self._merge(candidates, width, height, scale=1.0)
 
         work, scale = self._working_view(image)
         views = [work]
@@ -179,7 +185,7 @@ class RobustDetector:
             if self.border:
                 candidates += self._narrow_margin(view, scale)
                 candidates += self._wide_margin(view, scale)
-        return self._merge(candidates, width, height)
+        return self._merge(candidates, width, height, scale=scale)
 
     def _working_view(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """The image at the size the wrapped detector works at (``max_side``), and that scale."""
@@ -205,14 +211,16 @@ class RobustDetector:
         elongated views of more than ``WIDE_MIN_SIDE`` px (a panorama would cost too much)."""
         long, short = max(view.shape[:2]), min(view.shape[:2])
         margin = max(min(long // 2, short), min(long // 2, WIDE_MIN_SIDE // 2))
-        padded = mirror_pad(view, margin)
         shrink = min(1.0, max(long, WIDE_MIN_SIDE) / (2 * long))
         if shrink >= 1.0:
-            return self._run(padded, scale, offset=(margin, margin), mirrored=True)
-        size = (max(1, round(padded.shape[1] * shrink)), max(1, round(padded.shape[0] * shrink)))
-        factors = (size[0] / padded.shape[1], size[1] / padded.shape[0])
-        small = cv2.resize(padded, size, interpolation=cv2.INTER_AREA)
-        return self._run(small, scale, offset=(margin, margin), factors=factors, mirrored=True)
+            return self._run(mirror_pad(view, margin), scale, offset=(margin, margin), mirrored=True)
+        # Shrink, then mirror (the same picture as mirroring first, for a quarter of the work).
+        size = (max(1, round(view.shape[1] * shrink)), max(1, round(view.shape[0] * shrink)))
+        factors = (size[0] / view.shape[1], size[1] / view.shape[0])
+        small_margin = max(1, round(margin * shrink))
+        padded = mirror_pad(cv2.resize(view, size, interpolation=cv2.INTER_AREA), small_margin)
+        offset = (small_margin / factors[0], small_margin / factors[1])
+        return self._run(padded, scale, offset=offset, factors=factors, mirrored=True)
 
     def _run(
         self,
@@ -223,8 +231,8 @@ class RobustDetector:
         factors: tuple[float, float] = (1.0, 1.0),
         mirrored: bool = False,
     ) -> list[_Candidate]:
-        """``base`` on ``image``: a view of the original image at ``scale``, whose pixel (0, 0) lies
-        ``offset`` view pixels before the view's, resized by ``factors``; faces in original pixels."""
+        """``base`` on ``image``, which shows a view (the original image at ``scale``) resized by
+        ``factors`` and starting ``offset`` view pixels before it (a margin); faces in original pixels."""
 
         def back(x: float, y: float) -> tuple[float, float]:
             # Coordinates run from 0 to the width (CenterFace's convention), so a resize is a division.
@@ -238,8 +246,9 @@ class RobustDetector:
             out.append(_Candidate((x0, y0, x1, y1), face.score, points, first_pass=False, mirrored=mirrored))
         return out
 
-    def _merge(self, candidates: list[_Candidate], width: int, height: int) -> list[Face]:
-        """One face per object: drop mirror images and faces mostly outside, then NMS, first pass first."""
+    def _merge(self, candidates: list[_Candidate], width: int, height: int, *, scale: float) -> list[Face]:
+        """One face per object: drop mirror images, faces mostly outside and small faces in a corner's
+        mirror images, then NMS, first pass first. ``scale``: the working image's size over the image's."""
 
         def clipped(box):
             return (min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
@@ -251,6 +260,11 @@ class RobustDetector:
         def inside(box):
             return 0 <= (box[0] + box[2]) / 2 <= width and 0 <= (box[1] + box[3]) / 2 <= height
 
+        def small_in_corner(box):
+            left, right, top, bottom = box[0] < 0, box[2] > width, box[1] < 0, box[3] > height
+            corner = (left != right) and (top != bottom)
+            return corner and max(box[2] - box[0], box[3] - box[1]) * scale < CORNER_MIN_SIDE
+
         kept = []
         for candidate in candidates:
             visible = clipped(candidate.box)
@@ -258,6 +272,8 @@ class RobustDetector:
                 continue
             if not candidate.first_pass:
                 if area(visible) < self.min_visible * area(candidate.box):
+                    continue
+                if candidate.mirrored and small_in_corner(candidate.box):
                     continue
                 if (
                     candidate.mirrored

@@ -87,6 +87,18 @@ def cut_face(border: str, visible: float, scale: float = 1.0, size=(640, 480)) -
     return compose(width, height, [placement]), placement
 
 
+def corner_face(corner: str, visible: tuple[float, float], scale: float = 1.0, size=(640, 480)):
+    """One face in the ``corner`` (``"top left"``, ``"bottom right"``, ...) so that ``visible`` = (fraction
+    of the box's width, of its height) is inside a ``size`` image."""
+    width, height = size
+    box_w, box_h = ASTRONAUT_BOX[0] * scale, ASTRONAUT_BOX[1] * scale
+    vertical, horizontal = corner.split()
+    x = box_w * visible[0] - box_w / 2 if horizontal == "left" else width - box_w * visible[0] + box_w / 2
+    y = box_h * visible[1] - box_h / 2 if vertical == "top" else height - box_h * visible[1] + box_h / 2
+    placement = Placement((x, y), scale)
+    return compose(width, height, [placement]), placement
+
+
 def visible_box(placement: Placement, size) -> tuple[float, float, float, float]:
     """The part of the face's box inside an image of ``size`` = (width, height)."""
     width, height = size
