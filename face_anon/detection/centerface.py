@@ -33,18 +33,16 @@ class CenterFaceDetector:
 
     Args:
         model_path: an ONNX file with that layout; default: the one shipped with the package.
-        threshold: minimum heatmap score for a face. Clear faces score 0.55..0.95; small faces that are
-            dark, blurred or heavily compressed drop to 0.3..0.4, while false alarms on our test photos
-            stay below 0.13. Misses cost more than false alarms in privacy work, hence 0.3.
+        threshold: minimum heatmap score for a face. Low (0.3) because misses cost more than false
+            alarms in privacy work; the scores behind it are in ``benchmarks/README.md``, "Detection limits".
         nms_threshold: boxes overlapping a better one by more than this IoU are dropped.
         max_side: long side, in pixels, of the image the network sees.
         providers: onnxruntime execution providers; default CPU (detection is cheap next to diffusion).
         num_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
 
-    ``eye_scale`` = 0.92: CenterFace marks the pupils, FFHQ averaged six dlib eyelid points per eye,
-    which sit closer together. Eye distance over mouth width is 1.126 in the FFHQ mean 5-point
-    template and 1.21 for CenterFace's refined landmarks on the 14 large faces we measured (ratio
-    0.93); the two FFHQ images 00482 and 14795 map back to scale 1.00 with 0.90. 0.92 sits between.
+    ``eye_scale``: FFHQ's eye distance over CenterFace's for the same face (CenterFace marks the
+    pupils, FFHQ averaged eyelid points, which sit closer together); the alignment multiplies the
+    detected eye distance by it. How 0.92 was measured: ``benchmarks/README.md``, "Detection limits".
     """
 
     eye_scale = 0.92

@@ -78,7 +78,8 @@ class AnonymizeOptions:
         num_inference_steps: denoising steps (the authors use 25 for whole photos).
         guidance_scale: classifier-free guidance scale (the authors use 4.0).
         seed: face ``i`` of a photo is drawn with seed ``seed + i``, whatever the batch.
-        batch_size: faces per model call (across photos when several are given).
+        batch_size: faces handed to the replacer together (across photos when several are given); the
+            diffusion model runs them as one call on a GPU, one face per call on the CPU.
         crop_size: side of the aligned crops; None = the model's own size (512), or 256 for redaction.
         min_face_size: faces whose box is smaller than this many pixels (longer side) are reported
             ``ignored_too_small`` and left alone.

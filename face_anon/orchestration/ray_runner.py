@@ -13,9 +13,9 @@ Each stage calls the single-process functions (``face_anon.orchestration.batch``
 ``open_file`` in the open stage, ``replace_crops`` (or ``anonymize_photos`` for photos whose faces
 overlap) in the replace stage, and ``finish_files`` in the write stage, which replays the replace
 stage's results. So a photo gets the same faces, seeds, outputs, journal rows and report row as with
-``process_files``; outputs are byte for byte the same when the model sees the same batches (``--batch-size
-1``, or blur / pixelate / black at any batch size) with the same number of torch threads: the diffusion
-model's float rounding depends on both (about 1 value in 3000 moves by one level).
+``process_files``; on the CPU outputs are byte for byte the same at any batch size (the diffusion replacer
+runs one face per call there) given the same number of torch threads, on which float rounding depends. On
+GPUs batches are single calls, grouped differently by the two engines: a value can move by one level.
 
 Resuming and faults:
 

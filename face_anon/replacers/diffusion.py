@@ -71,8 +71,11 @@ def load_pipeline(model: str | None = None, device: str = "auto", dtype: str = "
 class DiffusionAnonymizer:
     """The face model as a replacer: one pipeline call per batch, one seeded generator per face.
 
-    Each face gets ``torch.Generator().manual_seed(seed)`` with its own seed, and the pipeline
-    treats a batch like the same images run one by one, so results do not depend on the batch size.
+    Each face gets ``torch.Generator().manual_seed(seed)`` with its own seed. On the CPU the pipeline
+    runs one face per call: the float rounding of CPU kernels depends on how many images share a call,
+    so this makes a face's pixels the same whatever the batch (command line at any ``--batch-size``,
+    Ray, video), given the same torch thread count. On a GPU a batch is one call (the faster way); a
+    different batch then moves about one value in 3000 by one grey level.
     A crop with an identity source is swapped (the pipeline's ``source_image``, which needs
     ``anonymization_degree=0``); a crop without one is anonymized with ``anonymization_degree``, which
     must then be above 0 (0 would give the face its own identity back). A result that is one flat
@@ -84,6 +87,7 @@ class DiffusionAnonymizer:
         num_inference_steps: denoising steps (the authors use 25 for whole photos).
         guidance_scale: classifier-free guidance scale (the authors use 4.0).
         crop_size: side of the crops; default the pipeline's own image size (512 for the published model).
+        one_face_per_call: run the pipeline once per face (batch-independent pixels); default: on the CPU.
     """
 
     action = ACTIONS["anonymize"]
@@ -96,6 +100,7 @@ class DiffusionAnonymizer:
         num_inference_steps: int = 25,
         guidance_scale: float = 4.0,
         crop_size: int | None = None,
+        one_face_per_call: bool | None = None,
     ) -> None:
         if pipeline is None:
             raise InputError("pipeline", None, "a loaded FaceAnonPipeline for mode 'anonymize'")
@@ -106,6 +111,7 @@ class DiffusionAnonymizer:
         self.num_inference_steps = int(num_inference_steps)
         self.guidance_scale = float(guidance_scale)
         self.crop_size = int(crop_size)
+        self.one_face_per_call = one_face_per_call
 
     def __call__(
         self,
@@ -137,7 +143,21 @@ class DiffusionAnonymizer:
                 results[i] = output
         return results
 
+    def _one_face_per_call(self) -> bool:
+        if self.one_face_per_call is not None:
+            return bool(self.one_face_per_call)
+        device = getattr(self.pipeline, "device", None)
+        return getattr(device, "type", "cpu") == "cpu"
+
     def _generate(self, crops, seeds, sources) -> list[np.ndarray | None]:
+        if len(crops) > 1 and self._one_face_per_call():
+            return [
+                output
+                for i in range(len(crops))
+                for output in self._generate(
+                    crops[i : i + 1], seeds[i : i + 1], None if sources is None else sources[i : i + 1]
+                )
+            ]
         import torch
 
         kwargs = {}

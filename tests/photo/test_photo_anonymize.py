@@ -282,7 +282,40 @@ def test_tiny_model_end_to_end(tiny_pipeline, detector, scene, scene_faces):
     assert all(r.status == "ok" for r in runs)
     one, four, again = (np.asarray(r.image).astype(int) for r in runs)
     assert np.array_equal(four, again)  # same photo, same seed: same output
-    assert np.abs(one - four).max() <= 2  # batching changes at most float rounding
+    assert np.array_equal(one, four)  # on the CPU the model runs one face per call: batching changes nothing
     _assert_faces_replaced(scene, runs[1].image, scene_faces, min_difference=10.0)
     union = _union(scene_faces, detector, scene.shape, size=32)
     assert not (changed(scene, runs[1].image) & ~union).any()
+
+
+def test_the_model_runs_one_face_per_call_on_the_cpu(tiny_pipeline):
+    """CPU kernels round differently with more images in a call, so on the CPU the replacer calls the
+    pipeline once per face: any batch gives each face the bytes it gets alone. ``one_face_per_call=False``
+    (a GPU's default) batches, and is the control: each call then holds the whole batch."""
+    from face_anon.replacers.diffusion import DiffusionAnonymizer
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    seeds = [11, 12, 13, 14, 15]
+    calls = []
+    original = type(tiny_pipeline).__call__
+
+    def counting(pipe, *args, **kwargs):
+        calls.append(len(kwargs["image"]))
+        return original(pipe, *args, **kwargs)
+
+    def run(crops, seeds, **kwargs):
+        calls.clear()
+        replacer = DiffusionAnonymizer(tiny_pipeline, num_inference_steps=2, crop_size=32, **kwargs)
+        outputs = replacer(crops, seeds)
+        return outputs, list(calls)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(tiny_pipeline), "__call__", counting)
+        batched, batched_calls = run(crops, seeds)
+        alone = [run([crop], [seed])[0][0] for crop, seed in zip(crops, seeds)]
+        control, control_calls = run(crops, seeds, one_face_per_call=False)
+    assert batched_calls == [1] * 5 and control_calls == [5]
+    assert all(np.array_equal(a, b) for a, b in zip(batched, alone))
+    assert all(np.abs(a.astype(int) - b).max() <= 2 for a, b in zip(control, alone))  # the same faces, rounding aside
+    assert not np.array_equal(batched[0], batched[1])  # and not one face five times
