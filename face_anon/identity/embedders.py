@@ -145,9 +145,19 @@ class DlibFaceEmbedder:
             if not (folder / file).is_file():
                 raise IdentityModelsMissing(f"model_dir: {str(folder)!r} has no {file} ({INSTALL_HINT})")
         self.alignment = alignment
+        self.model_dir = model_dir
         self._dlib = dlib
         self._model = dlib.face_recognition_model_v1(str(folder / RESNET_MODEL))
         self._shapes = dlib.shape_predictor(str(folder / SHAPE_MODEL_5)) if alignment == "dlib5" else None
+
+    def __getstate__(self) -> dict:
+        """Pickled as its arguments (dlib's models do not pickle): a copy sent to another process, such
+        as a Ray worker, loads the models there, from the same ``model_dir`` (default: that process's
+        ``face-recognition-models``)."""
+        return {"alignment": self.alignment, "model_dir": self.model_dir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def chips(self, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
         """Each face cut out as the model's 150 x 150 RGB chip (parts outside the image reflected)."""

@@ -110,10 +110,20 @@ def sha256_bytes(data: bytes) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class FileJob:
-    """One input file and the output it becomes."""
+    """One input file and the output it becomes.
+
+    ``uri``: set for an input read through a file system (``s3://...``; the caller passes its bytes to
+    ``open_file``), which reports and the journal then name instead of ``input``.
+    """
 
     input: Path
     output: Path
+    uri: str | None = None
+
+    @property
+    def source(self) -> Path | str:
+        """The input as reports and the journal name it: its URI, or its path."""
+        return self.input if self.uri is None else self.uri
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +198,7 @@ def _overlap(output: Path, folder: Path) -> str | None:
     return None
 
 
-def _check_writable(path: Path, argument: str) -> None:
+def check_writable(path: Path, argument: str) -> None:
     """The nearest existing folder at or above ``path`` must let us create files."""
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -284,7 +294,7 @@ def plan_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -
             )
         seen[target] = job.input
     if jobs:
-        _check_writable(journal.parent, "output")
+        check_writable(journal.parent, "output")
     return FilePlan(jobs=tuple(jobs), skipped=tuple(skipped), journal=journal)
 
 
@@ -326,7 +336,7 @@ def check_report_path(report: str | os.PathLike, plan: FilePlan) -> Path:
         raise InputError(
             "--json", str(report), detail="exists and is not a face-anon report; it is left alone (choose another name)"
         )
-    _check_writable(report.parent, "--json")
+    check_writable(report.parent, "--json")
     return report
 
 

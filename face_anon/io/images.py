@@ -163,9 +163,9 @@ def _metadata(image: PIL.Image.Image, notes: list[str]) -> Metadata:
     return Metadata(exif=exif_bytes, xmp=xmp, comment=comment, icc_profile=cleaned_icc, icc_profile_original=icc)
 
 
-def _webp_is_lossless(path: Path) -> bool:
+def _webp_is_lossless(data: bytes) -> bool:
     """Whether a WebP file's picture is VP8L (lossless), reading only its chunk headers."""
-    with open(path, "rb") as file:
+    with io.BytesIO(data) as file:
         header = file.read(12)
         if header[:4] != b"RIFF" or header[8:12] != b"WEBP":
             return False
@@ -176,10 +176,7 @@ def _webp_is_lossless(path: Path) -> bool:
             kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if kind in (b"VP8L", b"VP8 "):
                 return kind == b"VP8L"
-            if kind == b"VP8X":
-                file.seek(size + (size & 1), os.SEEK_CUR)
-                continue
-            file.seek(size + (size & 1), os.SEEK_CUR)
+            file.seek(size + (size & 1), os.SEEK_CUR)  # VP8X, ICCP, ANIM, ...: the picture comes later
 
 
 # Orientation value -> the numpy operation that makes stored pixels upright (as PIL's exif_transpose).
@@ -203,13 +200,13 @@ def _is_deep_colour(image: PIL.Image.Image) -> bool:
     return any(";16" in str(rawmode) for rawmode in rawmodes)
 
 
-def _deep_pixels(path: Path, upright: PIL.Image.Image, orientation: int) -> np.ndarray | None:
+def _deep_pixels(data: bytes, upright: PIL.Image.Image, orientation: int) -> np.ndarray | None:
     """The upright uint16 RGB(A) pixels of a 16-bit colour file, or None if OpenCV cannot give them.
 
     Pillow reads such files as 8-bit RGB(A) (the high byte); OpenCV reads all 16 bits. The two must
     agree on every pixel's high byte, or the 16-bit copy is not used.
     """
-    decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     channels = len(upright.mode)
     if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 3 or decoded.shape[2] != channels:
         return None
@@ -233,17 +230,26 @@ def _palette_colours(image: PIL.Image.Image) -> np.ndarray | None:
     return palette[used]
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> LoadedImage:
     """Read a photo, apply its EXIF orientation and prepare the arrays to work on.
+
+    ``data``: the file's bytes when the caller has read them (to hash them, or from a URI): they are
+    what is decoded, and ``path`` is not read. Otherwise the file is read once.
 
     Raises :class:`ImageLoadError` for anything that is not a single, complete, supported image, or
     has more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
-    path = Path(path)
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise ImageLoadError(f"cannot open: {error}") from error
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(path)
+            image = PIL.Image.open(io.BytesIO(data))
     except PIL.Image.DecompressionBombError as error:
         raise ImageLoadError(f"image is too large to decode safely ({error})") from error
     except PIL.UnidentifiedImageError as error:
@@ -280,13 +286,13 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
             icc = image.info.get("icc_profile")
             metadata = Metadata(icc_profile=clean_icc(icc) if icc else None)
             notes_extra.append(f"metadata unreadable, dropped ({error})")
-        deep = _deep_pixels(path, upright, orientation) if deep_colour else None
+        deep = _deep_pixels(data, upright, orientation) if deep_colour else None
         if deep_colour and deep is None:
             notes_extra.append("16-bit colour read and written at 8 bits per channel")
         encoding = SourceEncoding(
             deep=deep,
             palette=_palette_colours(upright),
-            lossless=fmt == "WEBP" and _webp_is_lossless(path),
+            lossless=fmt == "WEBP" and _webp_is_lossless(data),
         )
     notes: list[str] = list(notes_extra)
     source = _native(upright, notes)

@@ -111,31 +111,40 @@ class OpenedFile:
         return sum(not decision.keep for decision in self.decisions)
 
 
-def _describe(step: str, error: BaseException) -> str:
+def describe_error(step: str, error: BaseException) -> str:
+    """A report row's ``error`` text: our own and argument errors as they are (they name the argument or
+    the file's problem), anything else prefixed by the ``step`` that failed and the exception's type."""
     if isinstance(error, (FaceAnonError, ValueError)):
         return str(error)
     return f"{step}: {type(error).__name__}: {error}"
 
 
-def open_file(job: FileJob, *, detector: FaceDetector, run: FileRun) -> OpenedFile | FileReport:
+def open_file(
+    job: FileJob, *, detector: FaceDetector, run: FileRun, data: bytes | None = None
+) -> OpenedFile | FileReport:
     """Read one input and find its faces; returns its final report when nothing is left to replace
-    (skipped, refused, unreadable, or written without faces to replace), else an :class:`OpenedFile`."""
+    (skipped, refused, unreadable, or written without faces to replace), else an :class:`OpenedFile`.
+
+    The input is read once: what is hashed for the journal is what is decoded. ``data``: its bytes when
+    the caller read them (a ``job.uri``); ``job.input`` is then not read.
+    """
     step, notes = "cannot check the output name", ()
     try:
         format_for(job.output)
         step = "cannot read the input"
-        data = job.input.read_bytes()
+        if data is None:
+            data = job.input.read_bytes()
         input_sha256 = sha256_bytes(data)
         step = "cannot check the existing output"
         resume = resume_state(job, run.journal, input_sha256=input_sha256, settings_sha256=run.settings_sha256)
         if resume.action is Resume.DONE:
             return FileReport(
-                input=job.input, status=Status.SKIPPED, output=job.output, reason=resume.reason, journal=resume.record
+                input=job.source, status=Status.SKIPPED, output=job.output, reason=resume.reason, journal=resume.record
             )
         if resume.action is Resume.FOREIGN:
-            return FileReport(input=job.input, status=Status.ERROR, error=resume.reason)
+            return FileReport(input=job.source, status=Status.ERROR, error=resume.reason)
         step = "cannot read the input"
-        loaded = load_image(job.input, max_pixels=run.max_pixels)
+        loaded = load_image(job.input, max_pixels=run.max_pixels, data=data)
         notes = tuple(loaded.notes)
         step = "face detection failed"
         faces = find_faces(loaded.rgb, detector, run.options)
@@ -154,7 +163,7 @@ def open_file(job: FileJob, *, detector: FaceDetector, run: FileRun) -> OpenedFi
         step = "cannot write the output"
         return _write_unchanged(opened, data, run)
     except Exception as error:  # noqa: BLE001 - any failure of one file is that file's error row
-        return FileReport(input=job.input, status=Status.ERROR, error=_describe(step, error), notes=notes)
+        return FileReport(input=job.source, status=Status.ERROR, error=describe_error(step, error), notes=notes)
 
 
 def _write_unchanged(opened: OpenedFile, data: bytes, run: FileRun) -> FileReport:
@@ -200,7 +209,7 @@ def write_output(
             {
                 "output": job.output,
                 "output_sha256": sha256_bytes(data),
-                "input": str(job.input),
+                "input": str(job.source),
                 "input_sha256": opened.input_sha256,
                 "settings_sha256": run.settings_sha256,
                 "status": str(status),
@@ -210,11 +219,11 @@ def write_output(
         write_atomic(job.output, data, overwrite=opened.resume.action is Resume.REPLACE)
     except FileExistsError:
         error = f"output {str(job.output)!r} appeared while this run worked and was not written by it; left alone"
-        return FileReport(input=job.input, status=Status.ERROR, error=error, outcomes=tuple(outcomes), notes=notes)
+        return FileReport(input=job.source, status=Status.ERROR, error=error, outcomes=tuple(outcomes), notes=notes)
     except Exception as error:  # noqa: BLE001 - disk full, permissions: this file's error row
-        message = _describe("cannot write the output", error)
-        return FileReport(input=job.input, status=Status.ERROR, error=message, outcomes=tuple(outcomes), notes=notes)
-    return FileReport(input=job.input, status=status, output=job.output, outcomes=tuple(outcomes), notes=notes)
+        message = describe_error("cannot write the output", error)
+        return FileReport(input=job.source, status=Status.ERROR, error=message, outcomes=tuple(outcomes), notes=notes)
+    return FileReport(input=job.source, status=status, output=job.output, outcomes=tuple(outcomes), notes=notes)
 
 
 def _write_result(opened: OpenedFile, result: PhotoResult, run: FileRun) -> FileReport:
@@ -223,14 +232,14 @@ def _write_result(opened: OpenedFile, result: PhotoResult, run: FileRun) -> File
         if opened.resume.action is Resume.REPLACE:
             notes += (f"the {opened.resume.reason} at the output path was left as it was",)
         return FileReport(
-            input=opened.job.input, status=Status.ERROR, error=result.error, outcomes=result.outcomes, notes=notes
+            input=opened.job.source, status=Status.ERROR, error=result.error, outcomes=result.outcomes, notes=notes
         )
     try:
         image = merge_into_source(opened.loaded, np.asarray(result.image))
         data = encode_image(image, format_for(opened.job.output), run.metadata(opened.loaded))
     except Exception as error:  # noqa: BLE001
-        message = _describe("cannot encode the output", error)
-        return FileReport(input=opened.job.input, status=Status.ERROR, error=message, outcomes=result.outcomes)
+        message = describe_error("cannot encode the output", error)
+        return FileReport(input=opened.job.source, status=Status.ERROR, error=message, outcomes=result.outcomes)
     return write_output(opened, data, run, status=result.status, outcomes=result.outcomes)
 
 
@@ -258,8 +267,8 @@ def finish_files(
                 for report in finish_files([item], replacer=replacer, detector=detector, run=run)
             ]
         (item,) = opened
-        message = _describe("cannot anonymize", error)
-        return [FileReport(input=item.job.input, status=Status.ERROR, error=message, notes=tuple(item.loaded.notes))]
+        message = describe_error("cannot anonymize", error)
+        return [FileReport(input=item.job.source, status=Status.ERROR, error=message, notes=tuple(item.loaded.notes))]
     return [_write_result(item, result, run) for item, result in zip(opened, results)]
 
 

@@ -43,7 +43,6 @@ import math
 import os
 import pickle
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -64,15 +63,16 @@ from ..io.files import (
     Resume,
     ResumeState,
     SkippedFile,
-    _check_writable,
+    check_writable,
     plan_files,
     resume_state,
+    sha256_bytes,
     sha256_file,
 )
 from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, load_image
 from ..io.video import VIDEO_EXTENSIONS, is_video_path
 from ..replacers.base import ACTIONS, FaceAction, FaceReplacer
-from .batch import FileRun, OpenedFile, _describe, engine_settings, finish_files, open_file
+from .batch import FileRun, OpenedFile, describe_error, engine_settings, finish_files, open_file
 from .options import AnonymizeOptions
 from .photo import anonymize_photos, make_replacer
 from .report import FileReport, Status, assemble_report
@@ -276,7 +276,7 @@ def plan_inputs(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) 
                 jobs.append(FileJob(input=Path(source), output=output / relative))
                 sources.append(source)
             skipped += passed_over
-        _check_writable(journal.parent, "output")
+        check_writable(journal.parent, "output")
     seen: dict[Path, str] = {}
     for job, source in zip(jobs, sources):
         target = job.output.resolve()
@@ -435,7 +435,6 @@ class _Photo:
     ``records`` are the model's results, by (seed, crop digest). ``data``: the input's bytes, for a URI.
     """
 
-    source: str
     job: FileJob
     input_sha256: str
     resume: ResumeState
@@ -473,54 +472,12 @@ def _rows(batch) -> list[tuple[int, str, Any]]:
     return [(n, k, pickle.loads(p)) for n, k, p in zip(numbers, kinds, payloads)]
 
 
-def _named(report: FileReport, source: str, staged: str | None) -> FileReport:
-    """A report about a URI input: named by the URI, not by the memory file it was read from."""
-    if staged is None:
-        return report
-
-    def clean(text: str | None) -> str | None:
-        return None if text is None else text.replace(staged, source)
-
-    return dataclasses.replace(
-        report, input=source, error=clean(report.error), notes=tuple(clean(note) for note in report.notes)
-    )
-
-
-def _failed(source: str, job: FileJob, opened: Any, error: BaseException) -> FileReport:
+def _failed(job: FileJob, opened: Any, error: BaseException) -> FileReport:
     """The error row ``finish_files`` writes for a photo whose faces could not be replaced (nothing written)."""
     notes = tuple(opened.loaded.notes) if isinstance(opened, OpenedFile) else ()
-    name = source if is_uri(source) else job.input
-    return FileReport(input=name, status=Status.ERROR, error=_describe("cannot anonymize", error), notes=notes)
-
-
-@contextlib.contextmanager
-def _local_copy(data: bytes) -> Iterator[Path]:
-    """A path that reads ``data``: an anonymous memory file on Linux (nothing reaches a disk, nothing is
-    left behind by a crash), else a private temporary file removed on exit."""
-    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
-        descriptor = os.memfd_create("face-anon-input", os.MFD_CLOEXEC)
-        try:
-            _write_all(descriptor, data)
-            yield Path(f"/proc/self/fd/{descriptor}")
-        finally:
-            os.close(descriptor)
-        return
-    descriptor, name = tempfile.mkstemp(prefix="face-anon-input-")
-    try:
-        _write_all(descriptor, data)
-        os.close(descriptor)
-        descriptor = -1
-        yield Path(name)
-    finally:
-        if descriptor >= 0:
-            os.close(descriptor)
-        os.unlink(name)
-
-
-def _write_all(descriptor: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(descriptor, view) :]
+    return FileReport(
+        input=job.source, status=Status.ERROR, error=describe_error("cannot anonymize", error), notes=notes
+    )
 
 
 def _digest(pixels: np.ndarray) -> str:
@@ -608,11 +565,11 @@ class OpenStage:
 
     def _open(self, number: int, source: str, output: Path) -> tuple[int, str, Any]:
         remote = is_uri(source)
-        job = FileJob(input=Path(source), output=output)
+        job = FileJob(input=Path(source), output=output, uri=source if remote else None)
         if is_video_path(job.input):
             return number, _VIDEO, (source, job)
         if not remote:
-            return self._opened(number, source, job, open_file(job, detector=self.detector, run=self.run), None)
+            return self._opened(number, job, open_file(job, detector=self.detector, run=self.run), None)
         try:
             data = _read_uri(source)
         except Exception as error:  # noqa: BLE001 - an unreadable URI is this file's error row
@@ -621,13 +578,9 @@ class OpenStage:
                 _FINAL,
                 FileReport(input=source, status=Status.ERROR, error=f"cannot read the input: {error}"),
             )
-        with _local_copy(data) as path:
-            opened = open_file(FileJob(input=path, output=output), detector=self.detector, run=self.run)
-            if isinstance(opened, FileReport):
-                return number, _FINAL, _named(opened, source, str(path))
-            return self._opened(number, source, job, dataclasses.replace(opened, job=job), data)
+        return self._opened(number, job, open_file(job, detector=self.detector, run=self.run, data=data), data)
 
-    def _opened(self, number: int, source: str, job: FileJob, opened: OpenedFile | FileReport, data: bytes | None):
+    def _opened(self, number: int, job: FileJob, opened: OpenedFile | FileReport, data: bytes | None):
         if isinstance(opened, FileReport):
             return number, _FINAL, opened
         options, image = self.run.options, opened.loaded.rgb
@@ -643,9 +596,8 @@ class OpenStage:
             layers = crop_layers(plans)
             crops = tuple((crop.seed, crop.pixels) for crop in cut_crops(image, layers[0])) if len(layers) == 1 else ()
         except Exception as error:  # noqa: BLE001 - as in finish_files: this file's error row
-            return number, _FINAL, _failed(source, job, opened, error)
+            return number, _FINAL, _failed(job, opened, error)
         photo = _Photo(
-            source=source,
             job=job,
             input_sha256=opened.input_sha256,
             resume=opened.resume,
@@ -766,7 +718,7 @@ class ReplaceStage:
                 except ModelLoadError:
                     raise
                 except Exception as error:  # noqa: BLE001 - as in finish_files: this file's error row
-                    out.append((number, _FINAL, _failed(item.source, item.job, item, error)))
+                    out.append((number, _FINAL, _failed(item.job, item, error)))
                     continue
                 out.append((number, kind, dataclasses.replace(item, image=None, records=recorder.records)))
             else:
@@ -809,22 +761,17 @@ class WriteStage:
         return _table(out)
 
     def _write(self, photo: _Photo) -> FileReport:
-        if photo.data is None:
-            return self._write_from(photo, photo.job.input)
-        with _local_copy(photo.data) as path:
-            return _named(self._write_from(photo, path), photo.source, str(path))
-
-    def _write_from(self, photo: _Photo, path: Path) -> FileReport:
         job = photo.job
         try:
-            if sha256_file(path) != photo.input_sha256:
+            data = job.input.read_bytes() if photo.data is None else photo.data
+            if sha256_bytes(data) != photo.input_sha256:
                 raise ValueError("the input changed while the run worked on it; nothing was written")
-            loaded = load_image(path, max_pixels=self.run.max_pixels)
+            loaded = load_image(job.input, max_pixels=self.run.max_pixels, data=data)
         except Exception as error:  # noqa: BLE001 - this file's error row
             message = (
                 str(error) if isinstance(error, (FaceAnonError, ValueError)) else f"cannot read the input: {error}"
             )
-            return FileReport(input=job.input, status=Status.ERROR, error=message)
+            return FileReport(input=job.source, status=Status.ERROR, error=message)
         written = self._written_meanwhile(photo)
         if written is not None:
             return written
@@ -864,7 +811,7 @@ class WriteStage:
             "was lost or by another run (journal record attached)"
         )
         return FileReport(
-            input=photo.job.input, status=Status.SKIPPED, output=output, reason=reason, journal=fresh.record
+            input=photo.job.source, status=Status.SKIPPED, output=output, reason=reason, journal=fresh.record
         )
 
 

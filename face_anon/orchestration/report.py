@@ -66,7 +66,7 @@ class FileReport:
     Face coordinates are in the input's pixels after its EXIF orientation is applied.
     """
 
-    input: Path
+    input: Path | str
     status: Status
     output: Path | None = None
     error: str | None = None

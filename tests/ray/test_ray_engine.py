@@ -128,6 +128,26 @@ def test_diffusion_matches_the_command_line(diffusion_cli, diffusion_ray, blur_c
     assert all(data != blurred[name] for name, data in _outputs(diffusion_ray[0]).items() if "empty" not in name)
 
 
+def test_keep_sends_the_reference_people_to_the_workers(ray_cluster, photos, tmp_path):
+    """--keep on Ray (the embedder is sent as its arguments and loads dlib's model on each worker):
+    the same faces kept, with the same distances, as the single-process run."""
+    pytest.importorskip("dlib")
+    reference = tmp_path / "reference.png"
+    reference.write_bytes((photos / "tilted.png").read_bytes())
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        status, rows = _run(photos, out, "--mode", "blur", "--engine", engine, "--keep", reference)
+        assert status == 1  # the corrupt photo
+        runs[engine] = out, rows
+    _assert_same_run(*runs["ray"], *runs["local"])
+    kept = [(row["input"], face["matched_reference"]) for row in runs["ray"][1] for face in row["faces"]
+            if face["action"] == "kept"]  # fmt: skip
+    assert [Path(name).name for name, _ in kept] == ["tilted.png"] and kept[0][1] == str(reference)
+    actions = {face["action"] for row in runs["ray"][1] for face in row["faces"]}
+    assert actions == {"kept", "blurred"}  # control: the other people's faces were not kept
+
+
 def test_a_second_run_does_no_model_work_and_changes_no_file(
     ray_cluster, photos, tiny_model_dir, diffusion_ray, tmp_path
 ):
@@ -193,6 +213,9 @@ def test_a_model_actor_that_raises_is_replaced_reading_a_uri(ray_cluster, photos
     for row in cli_rows:  # the same rows, naming the URIs
         row["input"] = f"{uri}/{Path(row['input']).relative_to(photos).as_posix()}"
     _assert_same_run(out, ray_rows, cli_out, cli_rows)
+    assert sorted(row["input"] for row in _journal(out)) == sorted(  # the journal names the URIs too
+        row["input"] for row in cli_rows if row["status"] in ("ok", "no_faces")
+    )
 
 
 def test_a_video_is_anonymized_whole_on_a_model_actor(ray_cluster, tmp_path):

@@ -99,19 +99,6 @@ def test_crop_size_is_known_before_any_model_loads(tiny_pipeline, tiny_model_dir
         resolve_crop_size(AnonymizeOptions(), str(tmp_path / "no-such-model"))
 
 
-def test_a_selection_hook_that_cannot_reach_the_workers_is_refused(photos, tmp_path, capsys):
-    """dlib's models do not pickle: --keep with --engine ray exits 2, naming the flag, before any work."""
-    pytest.importorskip("dlib")
-    reference = tmp_path / "reference.png"
-    reference.write_bytes((photos / "tilted.png").read_bytes())
-    with pytest.raises(SystemExit) as exit_:
-        main([str(photos), "-o", str(tmp_path / "out"), "--mode", "blur", "--engine", "ray", "--keep", str(reference)])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "--keep/--only/--keep-faces: cannot be sent to Ray workers" in err and "--engine local" in err
-    assert not (tmp_path / "out").exists()
-
-
 def test_without_ray_the_flag_says_how_to_get_it(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(SystemExit) as exit_:
