@@ -1,7 +1,7 @@
 """Finding faces: the detector protocol, the bundled CenterFace detector, and the robust wrapper
 that every caller gets from :func:`load_detector` (faces cut by the border, dithered images)."""
 
-from .base import LANDMARK_NAMES, Face, FaceDetector
+from .base import LANDMARK_NAMES, Face, FaceDetector, box_iou, iou_matrix
 from .centerface import CenterFaceDetector, default_centerface_path
 from .robust import RobustDetector
 
@@ -30,6 +30,8 @@ __all__ = [
     "Face",
     "FaceDetector",
     "RobustDetector",
+    "box_iou",
     "default_centerface_path",
+    "iou_matrix",
     "load_detector",
 ]

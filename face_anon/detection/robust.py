@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .base import Face, FaceDetector
+from .base import Face, FaceDetector, box_iou
 
 
 # Blur ladder for dithered images, in working-image pixels. A halftone of period p needs a Gaussian of
@@ -89,16 +89,6 @@ def lowpass_sigmas(grey: np.ndarray, *, residual: float = 5.0) -> tuple[float, f
         if left < residual:
             return sigma, LOWPASS_SIGMAS[min(index + 1, len(LOWPASS_SIGMAS) - 1)]
     return LOWPASS_SIGMAS[-2], LOWPASS_SIGMAS[-1]
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class RobustDetector:
@@ -286,7 +276,7 @@ class RobustDetector:
         kept.sort(key=lambda item: (not item[0].first_pass, -item[0].score))
         accepted: list[tuple[_Candidate, tuple]] = []
         for candidate, visible in kept:
-            if all(_iou(visible, other) <= self.nms_threshold for _, other in accepted):
+            if all(box_iou(visible, other) <= self.nms_threshold for _, other in accepted):
                 accepted.append((candidate, visible))
         faces = [Face(tuple(float(v) for v in visible), float(c.score), c.landmarks) for c, visible in accepted]
         return sorted(faces, key=lambda face: -face.score)
@@ -305,4 +295,6 @@ def _is_reflection(candidate: _Candidate, candidates: list[_Candidate], inside, 
     elif (y0 + y1) / 2 > height:
         y0, y1 = 2 * height - y1, 2 * height - y0
     mirror = (x0, y0, x1, y1)
-    return any(other is not candidate and inside(other.box) and _iou(mirror, other.box) >= 0.5 for other in candidates)
+    return any(
+        other is not candidate and inside(other.box) and box_iou(mirror, other.box) >= 0.5 for other in candidates
+    )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import Face
+from .base import Face, iou_matrix
 
 
 DETECTED, INTERPOLATED, EXTENDED = "detected", "interpolated", "extended"
@@ -35,21 +35,6 @@ DETECTED, INTERPOLATED, EXTENDED = "detected", "interpolated", "extended"
 
 # --------------------------------------------------------------------------------------------------
 # Geometry and assignment
-
-
-def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box of ``boxes_a`` (N, 4) with every box of ``boxes_b`` (M, 4)."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def linear_assignment(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]:

@@ -12,21 +12,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..detection.base import box_iou
+
 
 # Depth of the nose tip in front of the eye-mouth plane, as a fraction of the eye distance: the one
 # anatomical constant of the yaw estimate (adult faces: about half the distance between the pupils).
 NOSE_DEPTH = 0.5
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when either is empty)."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def match_boxes(
