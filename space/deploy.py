@@ -30,7 +30,7 @@ def assemble(target: Path) -> list[Path]:
         raise SystemExit(f"deploy: {target} is not empty")
     for name in SPACE_FILES:
         shutil.copy2(SPACE / name, target / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "STAGES_READY")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in PACKAGE:
         source = REPO / name
         if source.is_dir():

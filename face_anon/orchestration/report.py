@@ -130,14 +130,21 @@ def report_json(reports: Iterable[FileReport]) -> str:
 
 
 def summarize(reports: Sequence[FileReport]) -> str:
-    """One line for people: photos by status, faces treated, files a scan passed over."""
+    """One line for people: files by status, faces (photos) and face tracks (videos) treated, files a
+    scan passed over."""
     counts = {status: sum(report.status is status for report in reports) for status in Status}
     resumed = sum(report.status is Status.SKIPPED and report.journal is not None for report in reports)
     passed_over = counts[Status.SKIPPED] - resumed
     faces = sum(len(report.outcomes) for report in reports)
+    videos = [report for report in reports if hasattr(report, "tracks")]  # VideoReport rows
+    tracks = sum(len(report.tracks) for report in videos)
+    noun = "files" if videos and len(videos) < len(reports) else "videos" if videos else "photos"
+    treated = [f"{faces} faces" + (" in photos" if videos else "")] if faces or not videos else []
+    if videos:
+        treated.append(f"{tracks} face tracks in videos")
     text = (
-        f"{len(reports) - passed_over} photos: {counts[Status.OK]} with faces, {counts[Status.NO_FACES]} without, "
-        f"{counts[Status.ERROR]} failed; {faces} faces"
+        f"{len(reports) - passed_over} {noun}: {counts[Status.OK]} with faces, {counts[Status.NO_FACES]} without, "
+        f"{counts[Status.ERROR]} failed; {', '.join(treated)}"
     )
     if resumed:
         text += f" ({resumed} already written, skipped)"

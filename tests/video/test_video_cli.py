@@ -33,9 +33,9 @@ def _rows(path, root):
     return {Path(row["input"]).relative_to(root).as_posix(): row for row in json.loads(path.read_text())}
 
 
-def test_a_folder_of_photos_and_videos_is_done_and_resumed(folder, tmp_path):
+def test_a_folder_of_photos_and_videos_is_done_and_resumed(folder, tmp_path, capsys):
     out, report = tmp_path / "out", tmp_path / "report.json"
-    assert main([str(folder), "-o", str(out), "--mode", "blur", "--json", str(report), "-q"]) == 0
+    assert main([str(folder), "-o", str(out), "--mode", "blur", "--json", str(report)]) == 0
     rows = _rows(report, folder)
     assert {name: row["status"] for name, row in rows.items()} == {
         "group.png": "ok",
@@ -50,6 +50,12 @@ def test_a_folder_of_photos_and_videos_is_done_and_resumed(folder, tmp_path):
     assert len(decode_frames(out / "trip" / "walk.mkv")[0]) == 6
     written = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")}
     assert len(written) == 4
+
+    # The summary line counts the videos' face tracks, not only the photos' faces.
+    faces = len(rows["group.png"]["faces"])
+    tracks = len(clip["tracks"]) + len(rows["trip/walk.mkv"]["tracks"])
+    summary = f"4 files: 3 with faces, 1 without, 0 failed; {faces} faces in photos, {tracks} face tracks in videos"
+    assert summary in capsys.readouterr().err
 
     # Started again: everything is skipped, nothing rewritten.
     assert main([str(folder), "-o", str(out), "--mode", "blur", "--json", str(report), "-q"]) == 0
