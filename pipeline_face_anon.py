@@ -720,6 +720,18 @@ class FaceAnonPipeline(DiffusionPipeline):
             ) from error
         return original_checkpoint.load_original_pipeline(*args, pipeline_class=cls, **kwargs)
 
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> "FaceAnonPipeline":
+        """`DiffusionPipeline.from_pipe`: a new pipeline on `pipeline`'s components, no memory copied.
+
+        diffusers moves a model over only when its exact class is the annotated one, and the ReferenceNets are
+        annotated by their base class (see `__init__`): they are handed over by name here instead.
+        """
+        for name in ("referencenet", "conditioning_referencenet"):
+            if name not in kwargs and getattr(pipeline, name, None) is not None:
+                kwargs[name] = getattr(pipeline, name)
+        return super().from_pipe(pipeline, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, push_to_hub: bool = False, **kwargs: Any):
         """Saves a folder that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads back.
 

@@ -29,6 +29,10 @@ pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
 assert type(pipe).__name__ == "FaceAnonPipeline", type(pipe)
 assert type(pipe).__module__.startswith("diffusers_modules."), type(pipe).__module__
 assert type(pipe.referencenet).__name__ == "ReferenceNetModel", type(pipe.referencenet)
+# from_pipe shares every component (the ReferenceNets included), and the shared pipeline gives the outputs.
+shared = type(pipe).from_pipe(pipe)
+assert all(shared.components[name] is module for name, module in pipe.components.items()), shared.components
+pipe = shared
 pipe.set_progress_bar_config(disable=True)
 images = [__import__("PIL.Image").Image.open(path).convert("RGB") for path in sys.argv[5:]]
 latents = torch.from_numpy(np.load(sys.argv[4]))
