@@ -146,8 +146,8 @@ class DiffusionAnonymizer:
     def _one_face_per_call(self) -> bool:
         if self.one_face_per_call is not None:
             return bool(self.one_face_per_call)
-        device = getattr(self.pipeline, "device", None)
-        return getattr(device, "type", "cpu") == "cpu"
+        device = getattr(self.pipeline, "device", None)  # a stand-in without one is called as it is
+        return getattr(device, "type", None) == "cpu"
 
     def _generate(self, crops, seeds, sources) -> list[np.ndarray | None]:
         if len(crops) > 1 and self._one_face_per_call():
