@@ -13,6 +13,8 @@ synthetic inputs of the hardening tests (``tests/photo/attack_inputs.py``, built
   visible part of the box), per border and size.
 - ``closeup``: crops of part of a face (an eyes-only strip, eyes to nose) at several enlargements.
 - ``dither``: three faces (large, tilted, small) dithered five ways at three widths: faces found.
+- ``large``: six small faces in 12, 24 and 48 megapixel photos, at five face sizes: faces found, and the
+  robust detector's CPU seconds.
 - ``time``: CPU seconds per image with one onnxruntime thread, bare and robust, alone and with the
   landmark refinement of ``find_faces``, on photos and a dithered image (best of ``--repeats`` after a
   warm-up).
@@ -44,7 +46,7 @@ from tests.photo.attack_inputs import (  # noqa: E402
     iou,
     visible_box,
 )
-from tests.photo.photo_helpers import SCENE, SCENE_SIZE, compose, match_faces  # noqa: E402
+from tests.photo.photo_helpers import SCENE, SCENE_SIZE, Placement, compose, match_faces  # noqa: E402
 
 
 FRACTIONS = np.round(np.arange(0.10, 1.001, 0.05), 2)
@@ -104,6 +106,28 @@ def dither(base, robust) -> None:
             print(f"| {width} | {name} | {cells[0]} | {cells[1]} |", flush=True)
 
 
+def large(base, robust) -> None:
+    print("\n## Small faces in large photos: faces found of 6 (robust CPU seconds, all threads)")
+    print("| photo | face height | bare | robust | robust CPU s |\n|---|---|---|---|---|")
+    for width, height in ((4000, 3000), (6000, 4000), (8000, 6000)):
+        for scale in (0.17, 0.25, 0.4, 0.6, 1.0):
+            placements = [
+                Placement((width * (0.15 + 0.7 * i / 5), height * (0.3 + 0.4 * (i % 2))), scale) for i in range(6)
+            ]
+            image = compose(width, height, placements)
+            start = time.process_time()
+            faces = robust.detect(image)
+            seconds = time.process_time() - start
+            cells = [
+                sum(face is not None for _, face in match_faces(found, placements))
+                for found in (base.detect(image), faces)
+            ]
+            print(
+                f"| {width} x {height} | {round(119.6 * scale)} px | {cells[0]} | {cells[1]} | {seconds:.1f} |",
+                flush=True,
+            )
+
+
 def timing(repeats: int) -> None:
     """CPU seconds per image with one onnxruntime thread: the work done, which a machine shared with
     other jobs does not distort as it does wall-clock time (on idle cores wall time is at most this)."""
@@ -147,13 +171,13 @@ def timing(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["border", "closeup", "dither", "time"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["border", "closeup", "dither", "large", "time"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     base = CenterFaceDetector()
     robust = RobustDetector(base)
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
-    for name, section in (("border", border), ("closeup", closeup), ("dither", dither)):
+    for name, section in (("border", border), ("closeup", closeup), ("dither", dither), ("large", large)):
         if name not in args.skip:
             section(base, robust)
     if "time" not in args.skip:

@@ -7,6 +7,9 @@ A single pass of a face detector misses two kinds of faces that a person sees at
   image moves the centre inside: mirrored on every side (a face cut at its middle becomes a whole,
   symmetric face), and mirrored again after a downscale with a wide margin, for faces as large as the
   image (close-up crops).
+- **Small faces in large images.** The detector sees an image of at most ``max_side`` px (1920 for
+  CenterFace), where it finds faces from about 20 px tall: in a 6000 x 4000 photo, faces under about 70 px
+  were lost. A large image is also searched at full resolution, in overlapping tiles.
 - **Bitonal and dithered images** (1-bit scans, faxes, Group 4 TIFF, newspaper halftone, ordered or
   error-diffusion dither, also after conversion back to 8-bit RGB or JPEG). The network was trained on
   photos and sees only noise in them. Such images are recognised by their fine-scale energy, and the
@@ -20,6 +23,7 @@ finds alone is reported exactly as before. Measurements (what is found, what it 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +39,9 @@ LOWPASS_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.5, 6.0)
 # border; larger ones are pass 3's, which sees the image at half size (faces from about 50 px).
 NARROW_MARGIN = 48
 WIDE_MIN_SIDE = 640  # pass 3 never shrinks the image below this long side
+# Overlap of pass 4's full-resolution tiles: every face up to this size lies whole inside one tile. Larger
+# faces are large enough for the downscaled passes (a 256 px face is 61 px at 1920 px of an 8000 px image).
+TILE_OVERLAP = 256
 # Least longer side, in working-image pixels, of a face whose box crosses two adjacent borders. Where two
 # mirrored margins meet, the corner is seen four times, and small textures there can look like a face
 # (a 19 x 23 px "face" in the black corner of ``skimage.data.astronaut()``); a real face that size, cut
@@ -101,7 +108,11 @@ class RobustDetector:
        faces cut by the border;
     3. ``border``: the view with a mirrored margin of half its longer side (at most its shorter side,
        at least 320 px), at half size (no less than :data:`WIDE_MIN_SIDE` px on the long side), for large
-       faces cut by the border and close-ups of part of a face.
+       faces cut by the border and close-ups of part of a face;
+    4. ``tiles``, for an image larger than ``base.max_side``: ``base`` on full-resolution tiles of
+       ``max_side`` px overlapping by :data:`TILE_OVERLAP` px (on the image only, not the low-pass copies),
+       for faces too small to find in the downscaled view. A face a tile finds touching a tile edge inside
+       the image is left to the tile that holds it whole.
 
     Faces are merged by non-maximum suppression, faces of the first pass first. A face found in a
     margin must still have ``min_visible`` of its box inside the image; a face that is the mirror image
@@ -115,6 +126,7 @@ class RobustDetector:
         base: the detector to run (e.g. :class:`~face_anon.detection.centerface.CenterFaceDetector`).
             Its ``max_side``, if it has one, is the size the views are made at.
         border: run passes 2 and 3.
+        tiles: run pass 4.
         dither: look for dithered images and detect on low-pass copies of them.
         min_visible: least fraction of a face's box inside the image for a face found in a margin.
         dither_threshold: :func:`dither_energy` above which an image counts as dithered.
@@ -127,6 +139,7 @@ class RobustDetector:
         *,
         border: bool = True,
         dither: bool = True,
+        tiles: bool = True,
         min_visible: float = 0.15,
         dither_threshold: float = 24.0,
         nms_threshold: float = 0.3,
@@ -140,6 +153,7 @@ class RobustDetector:
         self.base = base
         self.border = bool(border)
         self.dither = bool(dither)
+        self.tiles = bool(tiles)
         self.min_visible = float(min_visible)
         self.dither_threshold = float(dither_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -160,10 +174,12 @@ class RobustDetector:
             _Candidate(face.box, face.score, face.landmarks, first_pass=True, mirrored=False)
             for face in self.base.detect(image)
         ]
-        if not (self.border or self.dither) or min(height, width) < 2:
+        if not (self.border or self.dither or self.tiles) or min(height, width) < 2:
             return self._merge(candidates, width, height, scale=1.0)
 
         work, scale = self._working_view(image)
+        if self.tiles and scale < 1.0:
+            candidates += self._tiled(image)
         views = [work]
         if self.dither:
             grey = cv2.cvtColor(work, cv2.COLOR_RGB2GRAY)
@@ -186,6 +202,27 @@ class RobustDetector:
             return image, 1.0
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+    def _tiled(self, image: np.ndarray) -> list[_Candidate]:
+        """Pass 4: ``base`` on full-resolution tiles of ``max_side`` px overlapping by ``TILE_OVERLAP``."""
+        side = int(self.base.max_side)
+        height, width = image.shape[:2]
+        out = []
+        for y0 in _tile_starts(height, side):
+            for x0 in _tile_starts(width, side):
+                tile = image[y0 : y0 + side, x0 : x0 + side]
+                y1, x1 = y0 + tile.shape[0], x0 + tile.shape[1]
+                for candidate in self._run(tile, 1.0, offset=(-x0, -y0)):
+                    bx0, by0, bx1, by1 = candidate.box
+                    cut = (
+                        (x0 > 0 and bx0 <= x0 + 1)
+                        or (y0 > 0 and by0 <= y0 + 1)
+                        or (x1 < width and bx1 >= x1 - 1)
+                        or (y1 < height and by1 >= y1 - 1)
+                    )
+                    if not cut:
+                        out.append(candidate)
+        return out
 
     def _narrow_margin(self, view: np.ndarray, scale: float) -> list[_Candidate]:
         """Pass 2: small faces cut by the border, at full size, with a mirrored margin of ``NARROW_MARGIN``.
@@ -280,6 +317,15 @@ class RobustDetector:
                 accepted.append((candidate, visible))
         faces = [Face(tuple(float(v) for v in visible), float(c.score), c.landmarks) for c, visible in accepted]
         return sorted(faces, key=lambda face: -face.score)
+
+
+def _tile_starts(length: int, side: int) -> list[int]:
+    """Starts of tiles of ``side`` px covering ``length`` px, neighbours overlapping by at least
+    ``TILE_OVERLAP`` px, spread evenly; the last ends at ``length``."""
+    if length <= side:
+        return [0]
+    count = math.ceil((length - TILE_OVERLAP) / (side - TILE_OVERLAP))
+    return [round(i * (length - side) / (count - 1)) for i in range(count)]
 
 
 def _is_reflection(candidate: _Candidate, candidates: list[_Candidate], inside, width: int, height: int) -> bool:

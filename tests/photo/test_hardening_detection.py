@@ -27,7 +27,7 @@ from .attack_inputs import (
     iou,
     visible_box,
 )
-from .photo_helpers import SCENE, astronaut, background, match_faces
+from .photo_helpers import SCENE, Placement, astronaut, background, compose, match_faces
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,44 @@ def test_a_corner_seen_four_times_is_not_a_face(detector, robust):
     for image in (np.asarray(astronaut()), np.asarray(astronaut())[:, ::-1]):
         image = np.ascontiguousarray(image)
         assert [face.box for face in robust.detect(image)] == [face.box for face in detector.detect(image)]
+
+
+def _found_at(faces, placements):
+    """How many ``placements`` have a face whose box centre is near theirs."""
+    return sum(
+        any(
+            abs((f.box[0] + f.box[2]) / 2 - p.centre[0]) < 0.3 * p.face_size + 5
+            and abs((f.box[1] + f.box[3]) / 2 - p.centre[1]) < 0.4 * p.face_size + 5
+            for f in faces
+        )
+        for p in placements
+    )
+
+
+def test_small_faces_in_a_large_photo_are_found(detector, robust):
+    """A 12-megapixel photo is detected at 1920 px, where 30 px faces shrink below what CenterFace
+    finds; the full-resolution tiles find them, each once (one sits on a seam between two tiles)."""
+    width, height = 4000, 3000
+    # Tiles start at x = 0, 1040, 2080 (1920 px wide): x = 1925 is cut by the first tile's right edge.
+    placements = [
+        Placement((x, y), 0.25) for x, y in [(600, 900), (1925, 900), (3400, 900), (1200, 2200), (2900, 2400)]
+    ]
+    image = compose(width, height, placements)
+    assert _found_at(detector.detect(image), placements) == 0
+    faces = robust.detect(image)
+    assert _found_at(faces, placements) == len(placements) == len(faces)
+    assert _found_at(RobustDetector(detector, tiles=False).detect(image), placements) == 0  # control
+
+
+@pytest.mark.parametrize(
+    "length, starts", [(1920, [0]), (1921, [0, 1]), (4000, [0, 1040, 2080]), (8000, [0, 1520, 3040, 4560, 6080])]
+)
+def test_tiles_cover_the_image_with_overlap(length, starts):
+    from face_anon.detection.robust import TILE_OVERLAP, _tile_starts
+
+    assert _tile_starts(length, 1920) == starts
+    assert starts[-1] + min(length, 1920) == length
+    assert all(b - a <= 1920 - TILE_OVERLAP for a, b in zip(starts, starts[1:]))
 
 
 @pytest.mark.parametrize("kind, zoom", [("eyes", 3), ("eyes", 5), ("eyes_nose", 3)])
