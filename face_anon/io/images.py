@@ -102,6 +102,22 @@ class LoadedImage:
     def encoding(self) -> SourceEncoding:
         return self.source.info.get(SOURCE_ENCODING_KEY) or SourceEncoding()
 
+    def composites(self) -> dict[str, np.ndarray]:
+        """What a viewer shows of a partly transparent image: its RGB over a white and over a black
+        background, by background name; empty for an opaque image. ``rgb`` ignores the alpha channel,
+        so a picture drawn in the alpha channel alone shows only here."""
+        if self.source.mode not in ("RGBA", "LA"):
+            return {}
+        alpha = np.asarray(self.source.getchannel("A"))
+        if alpha.min() == 255:
+            return {}
+        weight = alpha.astype(np.float32)[:, :, None] / 255.0
+        colour = self.rgb.astype(np.float32) * weight
+        return {
+            "white": np.clip(colour + 255.0 * (1.0 - weight) + 0.5, 0, 255).astype(np.uint8),
+            "black": np.clip(colour + 0.5, 0, 255).astype(np.uint8),
+        }
+
 
 def _native(image: PIL.Image.Image, notes: list[str]) -> PIL.Image.Image:
     """Convert any Pillow mode to the closest mode we can write back exactly."""

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..detection import Face, FaceDetector
-from ..errors import FaceAnonError, ModelLoadError
+from ..detection import Face, FaceDetector, box_iou
+from ..errors import FaceAnonError, ImageLoadError, ModelLoadError
 from ..io.files import FileJob, FilePlan, Journal, Resume, ResumeState, resume_state, sha256_bytes, write_atomic
 from ..io.images import (
     DEFAULT_MAX_PIXELS,
@@ -148,6 +148,14 @@ def open_file(
         notes = tuple(loaded.notes)
         step = "face detection failed"
         faces = find_faces(loaded.rgb, detector, run.options)
+        hidden = faces_behind_transparency(loaded, faces, detector, run.options)
+        if hidden:
+            background, count = hidden
+            raise ImageLoadError(
+                f"{count} face(s) show over a {background} background only through the image's transparency "
+                "(alpha channel), where they cannot be anonymized: not written; remove the alpha channel "
+                "(flatten the image) and run again"
+            )
         step = "face selection failed"
         decisions = select_faces(loaded.rgb, faces, run.selector)
         opened = OpenedFile(
@@ -164,6 +172,23 @@ def open_file(
         return _write_unchanged(opened, data, run)
     except Exception as error:  # noqa: BLE001 - any failure of one file is that file's error row
         return FileReport(input=job.source, status=Status.ERROR, error=describe_error(step, error), notes=notes)
+
+
+def faces_behind_transparency(
+    loaded: LoadedImage, faces: Sequence[Face], detector: FaceDetector, options: AnonymizeOptions
+) -> tuple[str, int] | None:
+    """A background over which the image, seen through its alpha channel, shows faces that its colour
+    channels (what is anonymized) do not, and how many; None for an opaque image or none such.
+
+    The colour channels hold every face that is anonymized; a picture drawn in the alpha channel (black
+    colour, a face-shaped transparency) shows a face over a light background that no colour pixel holds.
+    """
+    for background, view in loaded.composites().items():
+        seen = find_faces(view, detector, options)
+        extra = [face for face in seen if all(box_iou(face.box, other.box) < 0.3 for other in faces)]
+        if extra:
+            return background, len(extra)
+    return None
 
 
 def _write_unchanged(opened: OpenedFile, data: bytes, run: FileRun) -> FileReport:

@@ -330,3 +330,42 @@ def test_gif_keeps_its_palette_outside_the_faces(tmp_path, colours, transparent)
     far[FAR] = True
     np.testing.assert_array_equal(after[far & visible], before[far & visible])  # exact colours
     assert np.abs(after[130:170, 180:220].astype(int) - before[130:170, 180:220]).mean() > 3  # the face: blurred
+
+
+# ------------------------------------------------------------------------------------------------ transparency
+
+
+def _scene_grey(width=480, height=360):
+    return np.asarray(PIL.Image.fromarray(compose(width, height, [Placement((240, 180), 1.0)])).convert("L"))
+
+
+def test_a_face_drawn_in_the_alpha_channel_is_refused(tmp_path):
+    """Black colour and a face-shaped transparency: over a white page the face shows, yet no colour pixel
+    holds it, so anonymizing the colour cannot remove it. Fail closed: an error row, nothing written."""
+    grey = _scene_grey()
+    rgba = np.zeros((*grey.shape, 4), np.uint8)
+    rgba[..., 3] = 255 - grey  # over white: 255 * (1 - alpha) = the grey picture
+    folder, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
+    folder.mkdir()
+    PIL.Image.fromarray(rgba).save(folder / "alpha.png")
+    PIL.Image.fromarray(grey).save(folder / "control.png")  # the same picture, opaque
+    assert main([str(folder), "-o", str(out), "--mode", "blur", "--json", str(report), "-q"]) == 1
+    rows = {row["input"].rsplit("/", 1)[-1]: row for row in json.loads(report.read_text())}
+    assert rows["alpha.png"]["status"] == "error" and "transparency" in rows["alpha.png"]["error"]
+    assert "white background" in rows["alpha.png"]["error"]
+    assert not (out / "alpha.png").exists()
+    assert rows["control.png"]["status"] == "ok" and len(rows["control.png"]["faces"]) == 1
+
+
+def test_ordinary_transparency_is_anonymized_and_kept(tmp_path):
+    """A photo with a transparent strip: the face is in the colour channels, found there and blurred,
+    and the alpha channel is written back as it was."""
+    rgb = compose(480, 360, [Placement((240, 180), 1.0)])
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :40] = 0
+    path, out = tmp_path / "frame.png", tmp_path / "out.png"
+    PIL.Image.fromarray(np.dstack([rgb, alpha])).save(path)
+    assert main([str(path), "-o", str(out), "--mode", "blur", "-q"]) == 0
+    written = np.asarray(PIL.Image.open(out))
+    assert written.shape == (360, 480, 4) and np.array_equal(written[..., 3], alpha)
+    assert np.abs(written[150:210, 210:270, :3].astype(int) - rgb[150:210, 210:270]).mean() > 5  # blurred
