@@ -13,8 +13,9 @@ def load_detector(name: str = "centerface", *, robust: bool = True, **options) -
     """Build a detector by name (the command line's ``--detector``); ``options`` go to its constructor.
 
     With ``robust`` (the default) it is wrapped in :class:`RobustDetector`, which also finds faces cut by
-    the image border and faces in dithered or bitonal images, at about three times the detection time
-    (``benchmarks/README.md``, "Detection limits"); ``robust=False`` gives the bare detector.
+    the image border, faces in dithered or bitonal images and small faces in large images, at several
+    times the detection time (``benchmarks/README.md``, "Detection limits"); ``robust=False`` gives the
+    bare detector.
     """
     if name == "centerface":
         detector = CenterFaceDetector(**options)
