@@ -7,6 +7,10 @@ from .robust import RobustDetector
 
 
 DETECTOR_NAMES = ("centerface",)
+# What the robust detector finds, as a number the resume journal records: raise it whenever detection
+# changes so that it finds faces it missed before, and outputs written before are made again, not skipped.
+# 2: full-resolution tiles for large images, the corner rule (2026-11-30).
+DETECTION_REVISION = 2
 
 
 def load_detector(name: str = "centerface", *, robust: bool = True, **options) -> FaceDetector:
@@ -25,6 +29,7 @@ def load_detector(name: str = "centerface", *, robust: bool = True, **options) -
 
 
 __all__ = [
+    "DETECTION_REVISION",
     "DETECTOR_NAMES",
     "LANDMARK_NAMES",
     "CenterFaceDetector",

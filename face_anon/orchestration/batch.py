@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..detection import Face, FaceDetector, box_iou
+from ..detection import DETECTION_REVISION, Face, FaceDetector, box_iou
 from ..errors import FaceAnonError, ImageLoadError, ModelLoadError
 from ..io.files import FileJob, FilePlan, Journal, Resume, ResumeState, resume_state, sha256_bytes, write_atomic
 from ..io.images import (
@@ -48,8 +48,13 @@ def engine_settings(
     options: AnonymizeOptions, *, detector: str, threshold: float, model: str | None = None, dtype: str = "auto"
 ) -> dict:
     """What besides ``options`` decides an output's pixels, in the form every engine (CLI, Ray) records
-    in the journal; the model and dtype count only for ``mode="anonymize"``."""
-    settings: dict[str, Any] = {"detector": detector, "threshold": float(threshold)}
+    in the journal; the model and dtype count only for ``mode="anonymize"``. ``DETECTION_REVISION`` is
+    recorded too: an output made by a detection that found less is made again on resume."""
+    settings: dict[str, Any] = {
+        "detector": detector,
+        "detection_revision": DETECTION_REVISION,
+        "threshold": float(threshold),
+    }
     if options.mode == "anonymize":
         settings.update(model=model, dtype=dtype)
     return settings

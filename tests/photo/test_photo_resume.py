@@ -38,6 +38,23 @@ def _nose(path, entry, radius=3):
     return window(image, entry["faces"][0]["landmarks"][2], radius)
 
 
+def test_an_output_of_an_older_detection_is_redone(photos, tmp_path, monkeypatch):
+    """Outputs written before detection learned to find more faces may miss some: a new
+    ``DETECTION_REVISION`` makes them again instead of skipping them (same revision: skipped, the control)."""
+    out = tmp_path / "out"
+    assert _run(photos, out, "--mode", "blur")[0] == 0
+    code, same = _run(photos, out, "--mode", "blur")
+    assert code == 0 and [entry["status"] for entry in same.values()] == ["skipped", "skipped"]
+    import face_anon.orchestration.batch as batch
+
+    monkeypatch.setattr(batch, "DETECTION_REVISION", batch.DETECTION_REVISION + 1)
+    code, newer = _run(photos, out, "--mode", "blur")
+    assert code == 0 and [entry["status"] for entry in newer.values()] == ["ok", "ok"]
+    assert all(
+        any("replaced the earlier face-anon output" in note for note in entry["notes"]) for entry in newer.values()
+    )
+
+
 @pytest.mark.parametrize(
     "first_run",
     [
