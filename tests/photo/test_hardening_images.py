@@ -358,14 +358,15 @@ def test_a_face_drawn_in_the_alpha_channel_is_refused(tmp_path):
 
 
 def test_ordinary_transparency_is_anonymized_and_kept(tmp_path):
-    """A photo with a transparent strip: the face is in the colour channels, found there and blurred,
-    and the alpha channel is written back as it was."""
-    rgb = compose(480, 360, [Placement((240, 180), 1.0)])
+    """A photo whose left part is fully transparent: both faces are in the colour channels, the hidden one
+    too, and both are found there and blurred; the alpha channel is written back as it was."""
+    rgb = compose(560, 360, [Placement((120, 180), 0.9), Placement((420, 180), 0.9)])
     alpha = np.full(rgb.shape[:2], 255, np.uint8)
-    alpha[:, :40] = 0
+    alpha[:, :240] = 0  # the first face: no viewer sees it, but its pixels are in the file
     path, out = tmp_path / "frame.png", tmp_path / "out.png"
     PIL.Image.fromarray(np.dstack([rgb, alpha])).save(path)
     assert main([str(path), "-o", str(out), "--mode", "blur", "-q"]) == 0
     written = np.asarray(PIL.Image.open(out))
-    assert written.shape == (360, 480, 4) and np.array_equal(written[..., 3], alpha)
-    assert np.abs(written[150:210, 210:270, :3].astype(int) - rgb[150:210, 210:270]).mean() > 5  # blurred
+    assert written.shape == (360, 560, 4) and np.array_equal(written[..., 3], alpha)
+    for x in (120, 420):
+        assert np.abs(written[150:210, x - 30 : x + 30, :3].astype(int) - rgb[150:210, x - 30 : x + 30]).mean() > 5
