@@ -438,14 +438,16 @@ def _encode_gif(image: PIL.Image.Image, encoding: SourceEncoding, options: dict,
         notes.append("GIF: partial transparency written as on/off")
     keys = (rgba[..., 0].astype(np.int64) << 16) | (rgba[..., 1].astype(np.int64) << 8) | rgba[..., 2]
     used = np.unique(keys[opaque])
+    used_set = set(used.tolist())
     slots = 256 - (0 if opaque.all() else 1)
     known = []
     if encoding.palette is not None:
         palette_keys = (encoding.palette[:, 0].astype(np.int64) << 16) | (encoding.palette[:, 1].astype(np.int64) << 8)
         palette_keys |= encoding.palette[:, 2]
-        known = [int(k) for k in dict.fromkeys(palette_keys.tolist()) if k in set(used.tolist())][:slots]
+        known = [int(k) for k in dict.fromkeys(palette_keys.tolist()) if k in used_set][:slots]
+    known_set = set(known)
     if len(used) <= slots:
-        entries = known + sorted(set(used.tolist()) - set(known))
+        entries = known + sorted(used_set - known_set)
     else:
         if not known:
             notes.append(f"GIF holds 256 colours: this image has {len(used)}, pixels outside the faces changed")
@@ -457,7 +459,7 @@ def _encode_gif(image: PIL.Image.Image, encoding: SourceEncoding, options: dict,
             reduced = PIL.Image.fromarray(pixels[None, :, :]).quantize(free, method=PIL.Image.Quantize.MEDIANCUT)
             colours = np.asarray(reduced.getpalette("RGB"), dtype=np.int64).reshape(-1, 3)[: len(reduced.getcolors())]
             picked = [k for k in dict.fromkeys(((colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]).tolist())]
-            picked = [k for k in picked if k not in set(known)][:free]
+            picked = [k for k in picked if k not in known_set][:free]
         entries = known + picked
     entry_keys = np.asarray(entries, dtype=np.int64)
     order = np.argsort(entry_keys)

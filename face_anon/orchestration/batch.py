@@ -153,7 +153,7 @@ def open_file(
         notes = tuple(loaded.notes)
         step = "face detection failed"
         faces = find_faces(loaded.rgb, detector, run.options)
-        hidden = faces_behind_transparency(loaded, faces, detector, run.options)
+        hidden = faces_behind_transparency(loaded, faces, detector)
         if hidden:
             background, count = hidden
             raise ImageLoadError(
@@ -180,16 +180,17 @@ def open_file(
 
 
 def faces_behind_transparency(
-    loaded: LoadedImage, faces: Sequence[Face], detector: FaceDetector, options: AnonymizeOptions
+    loaded: LoadedImage, faces: Sequence[Face], detector: FaceDetector
 ) -> tuple[str, int] | None:
     """A background over which the image, seen through its alpha channel, shows faces that its colour
     channels (what is anonymized) do not, and how many; None for an opaque image or none such.
 
     The colour channels hold every face that is anonymized; a picture drawn in the alpha channel (black
     colour, a face-shaped transparency) shows a face over a light background that no colour pixel holds.
+    Only boxes are compared, so the views are searched without ``find_faces``' landmark refinement.
     """
     for background, view in loaded.composites().items():
-        seen = find_faces(view, detector, options)
+        seen = detector.detect(view)
         extra = [face for face in seen if all(box_iou(face.box, other.box) < 0.3 for other in faces)]
         if extra:
             return background, len(extra)

@@ -69,13 +69,14 @@ def load_pipeline(model: str | None = None, device: str = "auto", dtype: str = "
 
 
 class DiffusionAnonymizer:
-    """The face model as a replacer: one pipeline call per batch, one seeded generator per face.
+    """The face model as a replacer: one pipeline call per batch (per face on the CPU), one seeded generator
+    per face.
 
     Each face gets ``torch.Generator().manual_seed(seed)`` with its own seed. On the CPU the pipeline
     runs one face per call: the float rounding of CPU kernels depends on how many images share a call,
     so this makes a face's pixels the same whatever the batch (command line at any ``--batch-size``,
     Ray, video), given the same torch thread count. On a GPU a batch is one call (the faster way); a
-    different batch then moves about one value in 3000 by one grey level.
+    different batch can then move a value by rounding (on the CPU: about one value in 3000, one level).
     A crop with an identity source is swapped (the pipeline's ``source_image``, which needs
     ``anonymization_degree=0``); a crop without one is anonymized with ``anonymization_degree``, which
     must then be above 0 (0 would give the face its own identity back). A result that is one flat
