@@ -211,28 +211,35 @@ def _write_unchanged(opened: OpenedFile, data: bytes, run: FileRun) -> FileRepor
         for face, decision in zip(opened.faces, opened.decisions)
     )
     fmt = format_for(job.output)
-    encoded = None
+    encoded, encoding_notes = None, []
     if fmt == "JPEG" and loaded.format == "JPEG" and loaded.orientation == 1:
         try:
             encoded = strip_jpeg(data, keep_metadata=run.keep_metadata)
         except ValueError:
             pass  # unusual stream layout: re-encode below instead
     if encoded is None:
-        encoded = encode_image(loaded.source, fmt, run.metadata(loaded))
+        encoded = encode_image(loaded.source, fmt, run.metadata(loaded), notes=encoding_notes)
     status = Status.OK if outcomes else Status.NO_FACES
-    return write_output(opened, encoded, run, status=status, outcomes=outcomes)
+    return write_output(opened, encoded, run, status=status, outcomes=outcomes, notes=encoding_notes)
 
 
 def write_output(
-    opened: OpenedFile, data: bytes, run: FileRun, *, status: Status, outcomes: Sequence[FaceOutcome]
+    opened: OpenedFile,
+    data: bytes,
+    run: FileRun,
+    *,
+    status: Status,
+    outcomes: Sequence[FaceOutcome],
+    notes: Sequence[str] = (),
 ) -> FileReport:
-    """Record the output in the journal, then write it atomically; its report row.
+    """Record the output in the journal, then write it atomically; its report row, whose notes are the
+    input's, then ``notes`` (what encoding the output changed, from ``encode_image``).
 
     A new output never replaces a file that appeared at its path meanwhile; an earlier output of this
     tool (``Resume.REPLACE``) is replaced in one rename.
     """
     job = opened.job
-    notes = tuple(opened.loaded.notes)
+    notes = (*opened.loaded.notes, *notes)
     if opened.resume.action is Resume.REPLACE:
         notes += (f"replaced the {opened.resume.reason}",)
     try:
@@ -265,13 +272,14 @@ def _write_result(opened: OpenedFile, result: PhotoResult, run: FileRun) -> File
         return FileReport(
             input=opened.job.source, status=Status.ERROR, error=result.error, outcomes=result.outcomes, notes=notes
         )
+    encoding_notes: list[str] = []
     try:
         image = merge_into_source(opened.loaded, np.asarray(result.image))
-        data = encode_image(image, format_for(opened.job.output), run.metadata(opened.loaded))
+        data = encode_image(image, format_for(opened.job.output), run.metadata(opened.loaded), notes=encoding_notes)
     except Exception as error:  # noqa: BLE001
         message = describe_error("cannot encode the output", error)
         return FileReport(input=opened.job.source, status=Status.ERROR, error=message, outcomes=result.outcomes)
-    return write_output(opened, data, run, status=result.status, outcomes=result.outcomes)
+    return write_output(opened, data, run, status=result.status, outcomes=result.outcomes, notes=encoding_notes)
 
 
 def finish_files(

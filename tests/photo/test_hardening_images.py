@@ -304,6 +304,16 @@ def test_lossy_outputs_say_pixels_are_not_exact():
         assert notes == []
 
 
+@pytest.mark.parametrize("suffix, lossy", [(".jpg", True), (".webp", True), (".png", False)])
+def test_the_report_says_when_pixels_are_not_kept_exactly(tmp_path, suffix, lossy):
+    """Through the command line: a re-encoded JPEG or lossy WebP output says so in its report row."""
+    source = tmp_path / f"in{suffix}"
+    PIL.Image.fromarray(_face_rgb()).save(source, **({"quality": 90} if lossy else {}))
+    entry = _run(source, tmp_path / f"out{suffix}")
+    said = [note for note in entry["notes"] if "not exactly" in note]
+    assert len(said) == (1 if lossy else 0), entry["notes"]
+
+
 def _gif(path, colours, transparent=False):
     """The face photo as a GIF with ``colours`` palette entries (dithered, as GIF makers do)."""
     image = PIL.Image.fromarray(_face_rgb()).quantize(colours, dither=PIL.Image.Dither.FLOYDSTEINBERG)
